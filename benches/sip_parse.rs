@@ -1,0 +1,2 @@
+//! Placeholder until the parser bench lands.
+fn main() {}

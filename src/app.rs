@@ -1,0 +1,1 @@
+//! Wiring: builds components from settings, spawns drivers, waits for shutdown (placeholder).

@@ -1,0 +1,1 @@
+//! Command-line interface: one file per subcommand (placeholder until the commands land).

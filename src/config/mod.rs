@@ -1,0 +1,432 @@
+//! Configuration: serde types with defaults, loading from TOML, and validation.
+//!
+//! Every error names the offending key (`sip.routes[0].match_user: ...`) so an operator can fix a
+//! file without reading code; `main` turns any [`ConfigError`] into exit status 64 (EX_USAGE).
+//! Parsed, validated forms of string values (listen addresses, upstreams, regexes, port ranges) are
+//! produced here once, so the rest of the program never re-parses configuration strings.
+//! This module does not open sockets or files other than the config file itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// The demo defaults, compiled in so `callveil demo` needs no file on disk.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../config/callveil.toml");
+
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {key}: {problem}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `sip.routes[0].upstream[1]`.
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), problem: problem.into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub consent: ConsentConfig,
+    pub recording: RecordingConfig,
+    pub storage: StorageConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// `udp:HOST:PORT` or `tcp:HOST:PORT`.
+    pub listen: Vec<String>,
+    /// Ordered routing rules; the first whose `match_user` matches the Request-URI user wins.
+    pub routes: Vec<RouteConfig>,
+    /// Largest message accepted (UDP datagram or framed TCP message), in bytes.
+    pub max_message_bytes: usize,
+    /// RFC 3261 T1 (RTT estimate), T2 and T4, in milliseconds.
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+    /// Most concurrent TCP connections accepted.
+    pub max_tcp_connections: usize,
+    /// Idle TCP connections are closed after this many seconds.
+    pub tcp_idle_timeout_s: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()],
+            routes: vec![RouteConfig::default()],
+            max_message_bytes: 65_535,
+            t1_ms: 500,
+            t2_ms: 4_000,
+            t4_ms: 5_000,
+            max_tcp_connections: 4_096,
+            tcp_idle_timeout_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Regex on the Request-URI user part (anchored: it must match the whole user part).
+    pub match_user: String,
+    /// Upstreams in failover order: `udp:HOST:PORT` or `tcp:HOST:PORT`.
+    pub upstream: Vec<String>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig { match_user: ".*".into(), upstream: vec!["udp:127.0.0.1:5070".into()] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub bind: String,
+    pub advertise: String,
+    pub ports: String,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig { bind: "127.0.0.1".into(), advertise: "127.0.0.1".into(), ports: "30000-39999".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentMode {
+    Ivr,
+    Dtmf,
+    Header,
+    Api,
+    NotRequired,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    pub mode: ConsentMode,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig { mode: ConsentMode::Ivr }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    pub enabled: bool,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { dir: PathBuf::from("var/callveil") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus `/metrics` endpoint; empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+/// Transport of a SIP listener or upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// `udp:HOST:PORT` / `tcp:HOST:PORT`, resolved to a socket address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (t, rest) =
+            s.split_once(':').ok_or_else(|| format!("`{s}` is not TRANSPORT:HOST:PORT (e.g. udp:127.0.0.1:5060)"))?;
+        let transport = match t.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            other => return Err(format!("unknown transport `{other}` (expected udp or tcp)")),
+        };
+        let addr: SocketAddr =
+            rest.parse().map_err(|_| format!("`{rest}` is not an IP:PORT address (IPv6 as [::1]:5060)"))?;
+        Ok(Endpoint { transport, addr })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport.as_str().to_ascii_lowercase(), self.addr)
+    }
+}
+
+/// An inclusive even..odd port range for RTP/RTCP pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("`{s}` is not FIRST-LAST"))?;
+        let first: u16 = a.trim().parse().map_err(|_| format!("`{a}` is not a port number"))?;
+        let last: u16 = b.trim().parse().map_err(|_| format!("`{b}` is not a port number"))?;
+        if first < 1024 {
+            return Err(format!("first port {first} is below 1024"));
+        }
+        if last <= first {
+            return Err(format!("last port {last} must be above first port {first}"));
+        }
+        if last - first < 1 {
+            return Err("range must hold at least one RTP/RTCP pair".into());
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+/// A route with its regex compiled and upstreams parsed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub match_user: regex::Regex,
+    pub upstreams: Vec<Endpoint>,
+}
+
+/// The validated form of [`Config`]: what the program runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub sip_listen: Vec<Endpoint>,
+    pub routes: Vec<Route>,
+    pub media_bind: std::net::IpAddr,
+    pub media_advertise: std::net::IpAddr,
+    pub media_ports: PortRange,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// Loads the file at `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))?;
+        Settings::from_toml(&text)
+    }
+
+    /// The compiled-in demo defaults.
+    pub fn embedded() -> Settings {
+        Settings::from_toml(EMBEDDED_DEFAULTS).expect("embedded config/callveil.toml is valid")
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error("(syntax)", e))?;
+        let raw: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            toml_error(&key, e.into_inner())
+        })?;
+        Settings::validate(raw)
+    }
+
+    pub fn validate(raw: Config) -> Result<Settings, ConfigError> {
+        if raw.sip.listen.is_empty() {
+            return Err(ConfigError::new("sip.listen", "at least one listener is required"));
+        }
+        let mut sip_listen = Vec::new();
+        for (i, l) in raw.sip.listen.iter().enumerate() {
+            let ep: Endpoint = l.parse().map_err(|p| ConfigError::new(format!("sip.listen[{i}]"), p))?;
+            if ep.addr.port() == 0 && sip_listen.iter().any(|e: &Endpoint| e.transport == ep.transport) {
+                return Err(ConfigError::new(format!("sip.listen[{i}]"), "port 0 may be used once per transport"));
+            }
+            sip_listen.push(ep);
+        }
+        if raw.sip.routes.is_empty() {
+            return Err(ConfigError::new("sip.routes", "at least one route is required"));
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.sip.routes.iter().enumerate() {
+            let re = regex::Regex::new(&format!("^(?:{})$", r.match_user))
+                .map_err(|e| ConfigError::new(format!("sip.routes[{i}].match_user"), format!("invalid regex: {e}")))?;
+            if r.upstream.is_empty() {
+                return Err(ConfigError::new(format!("sip.routes[{i}].upstream"), "at least one upstream is required"));
+            }
+            let mut ups = Vec::new();
+            for (j, u) in r.upstream.iter().enumerate() {
+                let ep: Endpoint =
+                    u.parse().map_err(|p| ConfigError::new(format!("sip.routes[{i}].upstream[{j}]"), p))?;
+                if ep.addr.port() == 0 || ep.addr.ip().is_unspecified() {
+                    return Err(ConfigError::new(
+                        format!("sip.routes[{i}].upstream[{j}]"),
+                        "an upstream needs a concrete address and port",
+                    ));
+                }
+                ups.push(ep);
+            }
+            routes.push(Route { match_user: re, upstreams: ups });
+        }
+        if !(512..=1_048_576).contains(&raw.sip.max_message_bytes) {
+            return Err(ConfigError::new("sip.max_message_bytes", "must be between 512 and 1048576"));
+        }
+        if raw.sip.t1_ms == 0 || raw.sip.t1_ms > 60_000 {
+            return Err(ConfigError::new("sip.t1_ms", "must be between 1 and 60000"));
+        }
+        if raw.sip.t2_ms < raw.sip.t1_ms {
+            return Err(ConfigError::new("sip.t2_ms", "must not be below sip.t1_ms"));
+        }
+        if raw.sip.t4_ms == 0 {
+            return Err(ConfigError::new("sip.t4_ms", "must be above 0"));
+        }
+        if raw.sip.max_tcp_connections == 0 {
+            return Err(ConfigError::new("sip.max_tcp_connections", "must be above 0"));
+        }
+        let media_bind = raw
+            .media
+            .bind
+            .parse()
+            .map_err(|_| ConfigError::new("media.bind", format!("`{}` is not an IP address", raw.media.bind)))?;
+        let media_advertise = raw.media.advertise.parse().map_err(|_| {
+            ConfigError::new("media.advertise", format!("`{}` is not an IP address", raw.media.advertise))
+        })?;
+        let media_ports = raw.media.ports.parse().map_err(|p| ConfigError::new("media.ports", p))?;
+        let metrics_listen = if raw.metrics.listen.is_empty() {
+            None
+        } else {
+            Some(raw.metrics.listen.parse().map_err(|_| {
+                ConfigError::new("metrics.listen", format!("`{}` is not an IP:PORT address", raw.metrics.listen))
+            })?)
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            return Err(ConfigError::new("log.level", format!("invalid filter: {e}")));
+        }
+        Ok(Settings { raw, sip_listen, routes, media_bind, media_advertise, media_ports, metrics_listen })
+    }
+}
+
+fn toml_error(key: &str, e: toml::de::Error) -> ConfigError {
+    // toml's message is multi-line with a source excerpt; keep its first line, which says what
+    // was wrong, and the line/column so the operator can find it.
+    let msg = e.message().lines().next().unwrap_or("invalid value").to_string();
+    let key = if key == "(syntax)" || key == "(top level)" {
+        e.span().map(|s| format!("{key} at byte {}", s.start)).unwrap_or_else(|| key.to_string())
+    } else {
+        key.to_string()
+    };
+    ConfigError::new(key, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let s = Settings::embedded();
+        assert!(!s.sip_listen.is_empty());
+        assert!(!s.routes.is_empty());
+    }
+
+    #[test]
+    fn bench_config_is_valid() {
+        let s = Settings::from_toml(include_str!("../../config/bench.toml")).unwrap();
+        assert!(!s.raw.recording.enabled);
+        assert_eq!(s.raw.consent.mode, ConsentMode::NotRequired);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Settings::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("[sip]\nlisten = [\"udp:nowhere\"]\n");
+        assert_eq!(e.key, "sip.listen[0]", "{e}");
+        let e = err("[[sip.routes]]\nmatch_user = \"(\"\nupstream=[\"udp:127.0.0.1:5070\"]\n");
+        assert_eq!(e.key, "sip.routes[0].match_user", "{e}");
+        let e = err("[[sip.routes]]\nmatch_user = \".*\"\nupstream=[\"udp:127.0.0.1:5070\", \"sctp:1.2.3.4:5\"]\n");
+        assert_eq!(e.key, "sip.routes[0].upstream[1]", "{e}");
+        let e = err("[media]\nports = \"40000-30000\"\n");
+        assert_eq!(e.key, "media.ports", "{e}");
+        let e = err("[consent]\nmode = \"maybe\"\n");
+        assert_eq!(e.key, "consent.mode", "{e}");
+        assert!(e.problem.contains("maybe"), "{e}");
+        let e = err("[sip]\nlisen = []\n");
+        assert!(e.key.starts_with("sip"), "{e}");
+        assert!(e.problem.contains("lisen"), "{e}");
+        let e = err("[sip]\nt1_ms = \"fast\"\n");
+        assert_eq!(e.key, "sip.t1_ms", "{e}");
+        let e = err("[metrics]\nlisten = \"here\"\n");
+        assert_eq!(e.key, "metrics.listen", "{e}");
+        let e = err("[sip\n");
+        assert!(e.key.starts_with("(syntax)"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_parse_ipv6() {
+        let e: Endpoint = "tcp:[::1]:5070".parse().unwrap();
+        assert_eq!(e.transport, Transport::Tcp);
+        assert!(e.addr.is_ipv6());
+    }
+}

@@ -1,0 +1,2 @@
+//! callveil binary (placeholder until the CLI lands).
+fn main() {}

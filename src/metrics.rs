@@ -1,0 +1,181 @@
+//! Metric families: one [`Metrics`] is built in `main`/`app` around one registry and passed down.
+//!
+//! Components hold cheap clones of the families they update (prometheus-client metrics are
+//! `Arc`-backed atomics), so updating a metric never takes a lock shared with another component.
+//! No labels ever carry personal data: only methods, status classes, kinds and outcomes.
+//! Serving `/metrics` over HTTP is the job of `net::metrics_http`, not of this module.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// Request method; unknown methods are folded into `OTHER` so a hostile peer cannot grow the
+    /// label set without bound.
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// `1xx` .. `6xx`.
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CallOutcome {
+    Answered,
+    Cancelled,
+    Rejected,
+    TimedOut,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: CallOutcome,
+}
+
+/// SIP signaling metrics.
+#[derive(Clone, Default)]
+pub struct SipMetrics {
+    pub requests: Family<MethodLabels, Counter>,
+    pub responses: Family<ClassLabels, Counter>,
+    pub transactions_in_flight: Gauge,
+    pub parse_errors: Family<KindLabels, Counter>,
+    pub dropped: Family<KindLabels, Counter>,
+    pub retransmissions_absorbed: Counter,
+    pub retransmissions_sent: Counter,
+    pub failovers: Counter,
+    pub calls: Family<OutcomeLabels, Counter>,
+    pub dialogs_active: Gauge,
+    pub tcp_connections: Gauge,
+}
+
+impl SipMetrics {
+    pub fn request(&self, method: &str) {
+        const KNOWN: &[&str] = &[
+            "INVITE",
+            "ACK",
+            "BYE",
+            "CANCEL",
+            "OPTIONS",
+            "REGISTER",
+            "INFO",
+            "UPDATE",
+            "PRACK",
+            "SUBSCRIBE",
+            "NOTIFY",
+            "REFER",
+            "MESSAGE",
+            "PUBLISH",
+        ];
+        let method = if KNOWN.contains(&method) { method } else { "OTHER" };
+        self.requests.get_or_create(&MethodLabels { method: method.to_string() }).inc();
+    }
+
+    pub fn response(&self, code: u16) {
+        let class = match code / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "6xx",
+        };
+        self.responses.get_or_create(&ClassLabels { class: class.to_string() }).inc();
+    }
+
+    pub fn parse_error(&self, kind: &'static str) {
+        self.parse_errors.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+    }
+
+    pub fn drop(&self, reason: &'static str) {
+        self.dropped.get_or_create(&KindLabels { kind: reason.to_string() }).inc();
+    }
+
+    pub fn call(&self, outcome: CallOutcome) {
+        self.calls.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("sip");
+        r.register("requests", "SIP requests received, by method", self.requests.clone());
+        r.register("responses", "SIP responses received, by status class", self.responses.clone());
+        r.register(
+            "transactions_in_flight",
+            "SIP transactions not yet terminated",
+            self.transactions_in_flight.clone(),
+        );
+        r.register("parse_errors", "SIP messages that failed to parse, by kind", self.parse_errors.clone());
+        r.register("dropped", "SIP messages dropped without an answer, by reason", self.dropped.clone());
+        r.register(
+            "retransmissions_absorbed",
+            "Retransmitted requests and responses absorbed by a transaction",
+            self.retransmissions_absorbed.clone(),
+        );
+        r.register(
+            "retransmissions_sent",
+            "Requests and responses retransmitted by callveil",
+            self.retransmissions_sent.clone(),
+        );
+        r.register("failovers", "Initial requests moved to the next upstream", self.failovers.clone());
+        r.register("calls", "INVITE dialogs ended, by outcome", self.calls.clone());
+        r.register("dialogs_active", "INVITE dialogs early or confirmed", self.dialogs_active.clone());
+        r.register("tcp_connections", "Open SIP TCP connections", self.tcp_connections.clone());
+    }
+}
+
+/// All of callveil's metrics and the registry that exposes them.
+pub struct Metrics {
+    pub registry: Registry,
+    pub sip: SipMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("callveil");
+        let sip = SipMetrics::default();
+        sip.register(&mut registry);
+        Metrics { registry, sip }
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_fold_into_other() {
+        let m = Metrics::new();
+        m.sip.request("INVITE");
+        m.sip.request("XYZZY");
+        m.sip.response(486);
+        m.sip.call(CallOutcome::Answered);
+        let text = m.encode();
+        assert!(text.contains("callveil_sip_requests_total{method=\"INVITE\"} 1"), "{text}");
+        assert!(text.contains("callveil_sip_requests_total{method=\"OTHER\"} 1"), "{text}");
+        assert!(text.contains("callveil_sip_responses_total{class=\"4xx\"} 1"), "{text}");
+        assert!(text.contains("callveil_sip_calls_total{outcome=\"Answered\"} 1"), "{text}");
+        assert!(!text.contains("XYZZY"));
+    }
+}

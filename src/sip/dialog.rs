@@ -1,0 +1,1 @@
+//! Dialog tracking (placeholder until the proxy core lands).

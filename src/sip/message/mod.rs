@@ -1,0 +1,2 @@
+//! SIP message layer (placeholder until the parser lands).
+pub mod framing;
