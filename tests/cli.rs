@@ -163,5 +163,15 @@ async fn app_start_serves_metrics() {
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 
     running.stop().await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stop closes /metrics");
+    // Retried: a child process forked by a concurrent test holds a copy of every descriptor
+    // until it execs, which can keep the listener alive for a moment.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "stop closes /metrics");
 }

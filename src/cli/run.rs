@@ -40,7 +40,11 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::app::run(settings, crate::app::shutdown_signal())) {
+    let result = runtime.block_on(async {
+        let shutdown = crate::app::shutdown_signal();
+        crate::app::run(settings, shutdown).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("callveil: {e:#}");
