@@ -143,7 +143,7 @@ impl Listeners {
         &self.endpoints
     }
 
-    /// Starts the core task and the TCP accept loops.
+    /// Starts the core task and the TCP accept loops. Must run inside a Tokio runtime.
     pub fn spawn<C: SipCore + Send + 'static>(self, core: C, metrics: SipMetrics) -> Driver {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(tcp::Shared {
