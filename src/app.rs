@@ -1,1 +1,137 @@
-//! Wiring: builds components from settings, spawns drivers, waits for shutdown (placeholder).
+//! Wiring: builds callveil's components from validated [`Settings`], starts the network drivers
+//! and the `/metrics` server, and stops them on shutdown.
+//!
+//! One [`Metrics`] registry is built here and handed down; the proxy gets the addresses the
+//! listeners actually bound (port 0 resolved). Until the media relay exists the proxy anchors
+//! media with [`PassThrough`]. This module does not parse configuration, install the tracing
+//! subscriber or handle signals itself: [`run`] takes the shutdown future as a parameter so tests
+//! (and `main`, with [`shutdown_signal`]) decide when to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Endpoint, Settings};
+use crate::metrics::{MethodLabels, Metrics};
+use crate::net::metrics_http::MetricsServer;
+use crate::net::{Driver, Listeners, NetConfig};
+use crate::sip::proxy::{Proxy, ProxyConfig};
+use crate::sip::sdp::PassThrough;
+
+/// A started callveil: SIP drivers and the metrics endpoint are serving.
+pub struct Running {
+    driver: Driver,
+    metrics_server: Option<MetricsServer>,
+    metrics: Arc<Metrics>,
+}
+
+impl Running {
+    /// The SIP endpoints actually bound, in configuration order.
+    pub fn sip_endpoints(&self) -> &[Endpoint] {
+        self.driver.endpoints()
+    }
+
+    /// The bound `/metrics` address, or `None` when `metrics.listen` is empty.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::local_addr)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Closes every socket and waits for the drivers to end.
+    pub async fn stop(self) {
+        if let Some(m) = self.metrics_server {
+            m.stop().await;
+        }
+        self.driver.stop().await;
+    }
+}
+
+/// Binds and starts everything, then returns. Must run inside a Tokio runtime.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    prime(&metrics);
+    let listeners = Listeners::bind(&settings.sip_listen, NetConfig::from_settings(&settings))
+        .await
+        .context("binding the SIP listeners")?;
+    let bound = listeners.endpoints().to_vec();
+    let proxy =
+        Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(PassThrough));
+    let metrics = Arc::new(metrics);
+    // Bound before the SIP driver starts, so a taken metrics port leaves nothing running.
+    let metrics_server = match settings.metrics_listen {
+        Some(addr) => Some(MetricsServer::start(addr, metrics.clone()).await.context("starting /metrics")?),
+        None => None,
+    };
+    let driver = listeners.spawn(proxy, metrics.sip.clone());
+    for ep in &bound {
+        tracing::info!(listen = %ep, "SIP listening");
+    }
+    if let Some(m) = &metrics_server {
+        tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
+    }
+    Ok(Running { driver, metrics_server, metrics })
+}
+
+/// Runs until `shutdown` resolves, then stops cleanly. Returns an error if binding fails or a
+/// driver dies on its own.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut running = start(settings).await?;
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        e = running.driver.failed() => Some(e),
+    };
+    tracing::info!("shutting down");
+    running.stop().await;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// A future that resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives while [`run`] is still
+/// binding is not lost to the default action (terminating without cleanup). Must be called inside
+/// a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                (int, term) => {
+                    if let Some(e) = int.err().or(term.err()) {
+                        tracing::warn!(error = %e, "cannot install signal handlers; stopping on Ctrl-C only");
+                    }
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Exports zero for the common request methods from startup, so `rate()` and absence alerts work
+/// before the first call instead of seeing a missing series.
+fn prime(metrics: &Metrics) {
+    for method in ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"] {
+        let _ = metrics.sip.requests.get_or_create(&MethodLabels { method: method.to_string() });
+    }
+}
