@@ -4,8 +4,8 @@
 No model hub ships a ggml Whisper file, but PyPI ships CTranslate2 exports (see
 scripts/provision-model). This script reads such an export -- `model.bin` (possibly split into
 parts, given in order), `vocabulary.txt` -- plus the mel filter bank from the openai-whisper sdist,
-and writes the same layout that whisper.cpp's `models/convert-pt-to-ggml.py` writes, in the same
-tensor order, so the result is byte-for-byte reproducible and can be pinned by sha256.
+and writes the layout that whisper.cpp's `models/convert-pt-to-ggml.py` writes, tensors in
+openai/whisper's state_dict order. The output is deterministic, so it is pinned by sha256.
 
 It does not download, verify or install anything, and it supports only float16/float32 exports
 (not int8-quantized ones). Needs python3 and numpy.
