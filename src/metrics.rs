@@ -43,7 +43,7 @@ pub struct OutcomeLabels {
 }
 
 /// SIP signaling metrics.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SipMetrics {
     pub requests: Family<MethodLabels, Counter>,
     pub responses: Family<ClassLabels, Counter>,

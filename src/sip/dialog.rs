@@ -1,1 +1,163 @@
-//! Dialog tracking (placeholder until the proxy core lands).
+//! Call state as the proxy sees it: one [`Dialog`] per INVITE-initiated call, keyed by Call-ID.
+//!
+//! The proxy does not need dialog state to route (Record-Route and loose routing carry that), but
+//! the layers after it do: media anchoring needs to know which leg a description came from, the
+//! consent gate and the vault need the caller's identity, and operators need calls counted by
+//! outcome. Identity is held as [`Pii`] so a `Debug` of a dialog cannot leak it. This module does
+//! not send anything; the proxy reports events to it and reads its answers.
+//!
+//! One dialog per Call-ID is a simplification: callveil forwards an INVITE to one upstream at a
+//! time (sequential failover, no parallel forking), so at most one early dialog can confirm.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::metrics::{CallOutcome, SipMetrics};
+use crate::pii::Pii;
+use crate::sip::sdp::Leg;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogState {
+    /// INVITE forwarded, no response with a To tag yet.
+    Trying,
+    /// A provisional response with a To tag arrived.
+    Early,
+    /// A 2xx arrived.
+    Confirmed,
+    Terminated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    pub state: DialogState,
+    /// From tag of the initial INVITE: requests carrying it come from the caller leg.
+    pub caller_tag: String,
+    /// The caller's identity (From URI user part, or tel: number).
+    pub caller: Pii<String>,
+    /// The dialled identity (Request-URI user part).
+    pub callee: Pii<String>,
+    pub started: Instant,
+    pub answered: Option<Instant>,
+}
+
+/// All dialogs of one proxy.
+#[derive(Debug)]
+pub struct Dialogs {
+    by_call_id: HashMap<String, Dialog>,
+    metrics: SipMetrics,
+}
+
+impl Dialogs {
+    pub fn new(metrics: SipMetrics) -> Dialogs {
+        Dialogs { by_call_id: HashMap::new(), metrics }
+    }
+
+    pub fn get(&self, call_id: &str) -> Option<&Dialog> {
+        self.by_call_id.get(call_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_call_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_call_id.is_empty()
+    }
+
+    /// An initial INVITE was forwarded. A repeated call (same Call-ID) keeps the first record.
+    pub fn invite(&mut self, now: Instant, call_id: &str, caller_tag: &str, caller: Pii<String>, callee: Pii<String>) {
+        if self.by_call_id.contains_key(call_id) {
+            return;
+        }
+        self.metrics.dialogs_active.inc();
+        self.by_call_id.insert(
+            call_id.to_string(),
+            Dialog {
+                state: DialogState::Trying,
+                caller_tag: caller_tag.to_string(),
+                caller,
+                callee,
+                started: now,
+                answered: None,
+            },
+        );
+    }
+
+    /// Which leg sent a request that carries `from_tag` in its From header.
+    pub fn leg_of_request(&self, call_id: &str, from_tag: Option<&str>) -> Leg {
+        match (self.by_call_id.get(call_id), from_tag) {
+            (Some(d), Some(tag)) if d.caller_tag != tag => Leg::Callee,
+            _ => Leg::Caller,
+        }
+    }
+
+    /// A response to the initial INVITE arrived (and is being forwarded).
+    pub fn invite_response(&mut self, now: Instant, call_id: &str, code: u16, has_to_tag: bool) {
+        let Some(d) = self.by_call_id.get_mut(call_id) else { return };
+        match code {
+            101..=199 if has_to_tag && d.state == DialogState::Trying => d.state = DialogState::Early,
+            200..=299 if d.state != DialogState::Confirmed && d.state != DialogState::Terminated => {
+                d.state = DialogState::Confirmed;
+                d.answered = Some(now);
+                self.metrics.call(CallOutcome::Answered);
+            }
+            300..=699 if d.state != DialogState::Confirmed => {
+                let outcome = if code == 487 {
+                    CallOutcome::Cancelled
+                } else if code == 408 {
+                    CallOutcome::TimedOut
+                } else {
+                    CallOutcome::Rejected
+                };
+                self.metrics.call(outcome);
+                self.remove(call_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The dialog ended (BYE answered or timed out). Returns true when a dialog was removed.
+    pub fn terminate(&mut self, call_id: &str) -> bool {
+        self.remove(call_id)
+    }
+
+    fn remove(&mut self, call_id: &str) -> bool {
+        if self.by_call_id.remove(call_id).is_some() {
+            self.metrics.dialogs_active.dec();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn lifecycle_and_outcomes() {
+        let m = Metrics::new();
+        let mut d = Dialogs::new(m.sip.clone());
+        let t0 = Instant::now();
+        d.invite(t0, "c1", "ft", Pii::new("+34600".into()), Pii::new("100".into()));
+        assert_eq!(d.leg_of_request("c1", Some("ft")), Leg::Caller);
+        assert_eq!(d.leg_of_request("c1", Some("tt")), Leg::Callee);
+        d.invite_response(t0, "c1", 180, true);
+        assert_eq!(d.get("c1").unwrap().state, DialogState::Early);
+        d.invite_response(t0, "c1", 200, true);
+        d.invite_response(t0, "c1", 200, true); // retransmission counts once
+        assert_eq!(d.get("c1").unwrap().state, DialogState::Confirmed);
+        assert!(d.terminate("c1"));
+        assert!(d.is_empty());
+        d.invite(t0, "c2", "a", Pii::new("x".into()), Pii::new("y".into()));
+        d.invite_response(t0, "c2", 487, true);
+        assert!(d.is_empty());
+        let text = m.encode();
+        assert!(text.contains("callveil_sip_calls_total{outcome=\"Answered\"} 1"), "{text}");
+        assert!(text.contains("callveil_sip_calls_total{outcome=\"Cancelled\"} 1"), "{text}");
+        assert!(text.contains("callveil_sip_dialogs_active 0"), "{text}");
+        assert!(!format!("{:?}", d.get("c1")).contains("+34600"));
+    }
+}

@@ -1,17 +1,41 @@
 //! The stateful proxy core (RFC 3261 §16), sans-IO.
 //!
-//! API (stable; the implementation is in progress): feed it complete messages with
-//! [`Proxy::handle_message`] and expired deadlines with [`Proxy::handle_timeout`], then drain
-//! [`Proxy::poll_transmit`] and ask [`Proxy::poll_timeout`] when to call again.
+//! Feed it complete messages with [`Proxy::handle_message`] and expired deadlines with
+//! [`Proxy::handle_timeout`], then drain [`Proxy::poll_transmit`] and ask [`Proxy::poll_timeout`]
+//! when to call again. It never reads a clock or touches a socket.
+//!
+//! What it does: validates requests (400/413/416/505/513 from the parser, 483 Max-Forwards, 482
+//! loops, 420 Proxy-Require), answers OPTIONS addressed to callveil itself, absorbs retransmissions
+//! through server transactions, routes initial requests by `[[sip.routes]]` and in-dialog requests
+//! by Route/Request-URI (loose routing, strict-route fix-up), pushes its Via and Record-Route,
+//! forwards responses back through the matching server transaction (100 Trying is hop-by-hop),
+//! fails over to the next upstream on 503 or a transaction timeout, matches and forwards CANCEL
+//! (only after a provisional, RFC 3261 §9.1), acknowledges non-2xx finals hop-by-hop, and passes
+//! ACK for 2xx end-to-end. Every SDP body goes through the [`MediaAnchor`].
+//!
+//! What it does not do: DNS (next hops must be IP literals; hostnames get 503), TLS, parallel
+//! forking, authentication, or registrar duties.
 
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use crate::config::{Endpoint, Route, Settings};
+use crate::config::{Endpoint, Route, Settings, Transport};
 use crate::metrics::SipMetrics;
-use crate::sip::sdp::MediaAnchor;
+use crate::pii::Pii;
+use crate::sip::dialog::Dialogs;
+use crate::sip::message::{self, Limits, Message, Method, Scheme, Uri, Via};
+use crate::sip::route::Router;
+use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
 pub use crate::sip::transaction::Timers;
+use crate::sip::transaction::{ClientTransaction, Kind, Received, ServerTransaction, TimedOut};
 use crate::sip::{ConnId, Peer, Transmit};
+
+/// RFC 3261 §16.6 step 11: Timer C must be above 3 minutes.
+const TIMER_C: Duration = Duration::from_secs(181);
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -29,45 +53,1076 @@ impl ProxyConfig {
             listen: bound,
             routes: settings.routes.clone(),
             timers: Timers {
-                t1: std::time::Duration::from_millis(settings.raw.sip.t1_ms),
-                t2: std::time::Duration::from_millis(settings.raw.sip.t2_ms),
-                t4: std::time::Duration::from_millis(settings.raw.sip.t4_ms),
+                t1: Duration::from_millis(settings.raw.sip.t1_ms),
+                t2: Duration::from_millis(settings.raw.sip.t2_ms),
+                t4: Duration::from_millis(settings.raw.sip.t4_ms),
             },
             max_message_bytes: settings.raw.sip.max_message_bytes,
         }
     }
 }
 
+type TxId = u64;
+
+/// RFC 3261 §17.2.3 server transaction key; ACK is filed under INVITE. Requests without the
+/// magic cookie (RFC 2543) are keyed by the fields §17.2.3 lists for them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ServerKey {
+    Rfc3261 { branch: String, sent_by: String, method: Method },
+    Rfc2543 { call_id: String, cseq: u32, from_tag: String, via: String, method: Method },
+}
+
+/// Our branch plus CSeq method (CANCEL shares the INVITE's branch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: Method,
+}
+
+struct ServerEntry {
+    key: ServerKey,
+    txn: ServerTransaction,
+    peer: Peer,
+    /// The response context of a forwarded request (None for requests callveil answered itself).
+    ctx: bool,
+}
+
+enum ClientRole {
+    /// Carries a forwarded request for the server transaction `server`.
+    Forward { server: TxId },
+    /// A CANCEL callveil sent for a branch; its responses end here.
+    Cancel,
+}
+
+struct ClientEntry {
+    key: ClientKey,
+    txn: ClientTransaction,
+    peer: Peer,
+    role: ClientRole,
+}
+
+/// RFC 3261 §16.7 response context of one forwarded request (sequential failover, one branch at
+/// a time). Keyed by the server transaction's id.
+struct Context {
+    request: Message,
+    method: Method,
+    /// Upstreams not tried yet, for initial requests routed by `[[sip.routes]]`.
+    remaining: VecDeque<Endpoint>,
+    /// The client transaction of the current branch.
+    branch: Option<TxId>,
+    cancelled: bool,
+    /// Provisional seen on the current branch (a CANCEL may be sent).
+    provisional: bool,
+    /// CANCEL already sent on the current branch.
+    cancel_sent: bool,
+    final_sent: bool,
+    /// The best final response so far, kept while failing over.
+    best: Option<Message>,
+    leg: Leg,
+    initial_invite: bool,
+    record_route: bool,
+    timer_c: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Server(TxId),
+    Client(TxId),
+    TimerC(TxId),
+}
+
+/// Where the next hop of a request is.
+enum NextHop {
+    Peer(Peer),
+    /// Next hop cannot be reached (hostname without DNS, unsupported transport): reason phrase.
+    Unreachable(&'static str),
+}
+
 pub struct Proxy {
-    #[allow(dead_code)]
     config: ProxyConfig,
-    #[allow(dead_code)]
     metrics: SipMetrics,
-    #[allow(dead_code)]
     anchor: Box<dyn MediaAnchor>,
+    router: Router,
+    dialogs: Dialogs,
+    limits: Limits,
     out: VecDeque<Transmit>,
+    servers: HashMap<TxId, ServerEntry>,
+    server_keys: HashMap<ServerKey, TxId>,
+    clients: HashMap<TxId, ClientEntry>,
+    client_keys: HashMap<ClientKey, TxId>,
+    contexts: HashMap<TxId, Context>,
+    timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    next_id: TxId,
+    /// Mixed into branch ids so they are unique across restarts (RFC 3261 §8.1.1.7).
+    secret: u64,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, metrics: SipMetrics, anchor: Box<dyn MediaAnchor>) -> Proxy {
-        Proxy { config, metrics, anchor, out: VecDeque::new() }
+        let limits = Limits { max_message: config.max_message_bytes, ..Limits::default() };
+        Proxy {
+            router: Router::new(config.routes.clone()),
+            dialogs: Dialogs::new(metrics.clone()),
+            limits,
+            config,
+            metrics,
+            anchor,
+            out: VecDeque::new(),
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            contexts: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_id: 1,
+            secret: rand::random(),
+        }
     }
 
     /// One complete message (a UDP datagram or a framed TCP message) from `from`.
-    pub fn handle_message(&mut self, _now: Instant, _from: Peer, _bytes: &[u8]) {}
+    pub fn handle_message(&mut self, now: Instant, from: Peer, bytes: &[u8]) {
+        let msg = match message::parse_with(bytes, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.parse_error(e.kind());
+                tracing::debug!(kind = e.kind(), transport = from.transport.as_str(), "unparsable SIP message");
+                match message::error_response(bytes, &e) {
+                    Some(resp) => self.send(from, resp),
+                    None => self.metrics.drop("unparsable"),
+                }
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.on_request(now, from, msg);
+        } else {
+            self.on_response(now, msg);
+        }
+    }
 
     /// Deadlines at or before `now` have passed.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, which))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match which {
+                TimerRef::Server(id) => self.server_timeout(now, id),
+                TimerRef::Client(id) => self.client_timeout(now, id),
+                TimerRef::TimerC(id) => self.timer_c(now, id),
+            }
+        }
+    }
 
-    /// A TCP connection closed; responses for it will open a new connection instead.
-    pub fn connection_closed(&mut self, _conn: ConnId) {}
+    /// A TCP connection closed. Responses for requests that came on it will be sent on a new
+    /// connection to the same address (RFC 3261 §18.2.2), which the driver opens for `conn: None`.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        for entry in self.servers.values_mut() {
+            if entry.peer.conn == Some(conn) {
+                entry.peer.conn = None;
+            }
+        }
+    }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
     }
 
-    /// The earliest deadline, if any.
+    /// The earliest deadline, if any. May be early (a stale entry): calling `handle_timeout`
+    /// then does nothing harmful.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Transactions alive (for tests and metrics).
+    pub fn transactions(&self) -> usize {
+        self.servers.len() + self.clients.len()
+    }
+
+    /// Dialogs alive.
+    pub fn dialogs(&self) -> &Dialogs {
+        &self.dialogs
+    }
+
+    // ----- requests -------------------------------------------------------------------------
+
+    fn on_request(&mut self, now: Instant, from: Peer, req: Message) {
+        let method = req.method().cloned().unwrap_or(Method::Other(String::new()));
+        self.metrics.request(method.as_str());
+        let key = server_key(&req, &method);
+
+        if method == Method::Ack {
+            self.on_ack(now, from, req, key);
+            return;
+        }
+        if let Some(&id) = self.server_keys.get(&key) {
+            if let Some(entry) = self.servers.get_mut(&id) {
+                entry.txn.on_retransmit(now);
+                self.metrics.retransmissions_absorbed.inc();
+                self.flush_server(now, id);
+            }
+            return;
+        }
+        if method == Method::Cancel {
+            self.on_cancel(now, from, req, key);
+            return;
+        }
+
+        let kind = if method == Method::Invite { Kind::Invite } else { Kind::NonInvite };
+        let id = self.new_id();
+        let txn = ServerTransaction::new(kind, now, from.transport == Transport::Tcp, self.config.timers);
+        self.servers.insert(id, ServerEntry { key: key.clone(), txn, peer: response_peer(&req, from), ctx: false });
+        self.server_keys.insert(key, id);
+        self.metrics.transactions_in_flight.inc();
+
+        if let Some((code, reason)) = self.check_request(&req, &method) {
+            self.respond(now, id, &req, code, reason, &[]);
+            return;
+        }
+        if method == Method::Invite {
+            self.respond(now, id, &req, 100, "Trying", &[]);
+        }
+
+        // RFC 3261 §16.4: a Request-URI we put in a Record-Route means the previous hop is a
+        // strict router; the real target is the last Route value.
+        let mut rewrite_ruri: Option<String> = None;
+        let mut routes: Vec<&message::NameAddr> = req.routes().iter().collect();
+        if let Some(uri) = req.request_uri() {
+            if self.is_ours(uri) && uri.user.is_none() && !routes.is_empty() && req.to().tag().is_some() {
+                if let Some(last) = routes.pop() {
+                    rewrite_ruri = Some(last.uri.raw.clone());
+                }
+            }
+        }
+        let own_routes = routes.iter().take_while(|r| self.is_ours(&r.uri)).count();
+        let routes = &routes[own_routes..];
+        let in_dialog = req.to().tag().is_some();
+
+        let mut remaining = VecDeque::new();
+        let target: NextHop = if let Some(next) = routes.first() {
+            next_hop(&next.uri)
+        } else if let Some(uri) = rewrite_ruri.as_deref().and_then(|s| Uri::parse(s).ok()) {
+            next_hop(&uri)
+        } else {
+            let Some(uri) = req.request_uri() else {
+                self.respond(now, id, &req, 400, "Bad Request (no Request-URI)", &[]);
+                return;
+            };
+            if self.is_ours(uri) && (uri.user.is_none() || in_dialog) {
+                self.answer_locally(now, id, &req, &method);
+                return;
+            }
+            if in_dialog {
+                next_hop(uri)
+            } else {
+                let user = match uri.scheme {
+                    Scheme::Tel => uri.user.as_deref().unwrap_or(""),
+                    _ => uri.user.as_deref().unwrap_or(""),
+                };
+                match self.router.upstreams(&Pii::new(user)) {
+                    Some(ups) => {
+                        remaining.extend(ups.iter().copied());
+                        match remaining.pop_front() {
+                            Some(ep) => NextHop::Peer(Peer { transport: ep.transport, addr: ep.addr, conn: None }),
+                            None => NextHop::Unreachable("No Route"),
+                        }
+                    }
+                    None => {
+                        self.respond(now, id, &req, 404, "Not Found (no route)", &[]);
+                        return;
+                    }
+                }
+            }
+        };
+        let peer = match target {
+            NextHop::Peer(p) => p,
+            NextHop::Unreachable(why) => {
+                self.metrics.drop("unreachable_next_hop");
+                self.respond(now, id, &req, 503, why, &[]);
+                return;
+            }
+        };
+
+        let leg = if in_dialog { self.dialogs.leg_of_request(req.call_id(), req.from().tag()) } else { Leg::Caller };
+        let initial_invite = method == Method::Invite && !in_dialog;
+        let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
+        if initial_invite {
+            let caller = req.from().uri.user.clone().unwrap_or_default();
+            let callee = req.request_uri().and_then(|u| u.user.clone()).unwrap_or_default();
+            let tag = req.from().tag().unwrap_or("").to_string();
+            self.dialogs.invite(now, req.call_id(), &tag, Pii::new(caller), Pii::new(callee));
+        }
+        if let Some(e) = self.servers.get_mut(&id) {
+            e.ctx = true;
+        }
+        self.contexts.insert(
+            id,
+            Context {
+                request: req,
+                method,
+                remaining,
+                branch: None,
+                cancelled: false,
+                provisional: false,
+                cancel_sent: false,
+                final_sent: false,
+                best: None,
+                leg,
+                initial_invite,
+                record_route,
+                timer_c: None,
+            },
+        );
+        self.forward_branch(now, id, peer, rewrite_ruri.as_deref(), own_routes);
+    }
+
+    /// RFC 3261 §16.3 checks, in its order. Returns the error to answer with.
+    fn check_request(&self, req: &Message, method: &Method) -> Option<(u16, &'static str)> {
+        if let Some(uri) = req.request_uri() {
+            if let Scheme::Other(_) = uri.scheme {
+                return Some((416, "Unsupported URI Scheme"));
+            }
+        }
+        if req.max_forwards() == Some(0) {
+            if *method == Method::Options && req.request_uri().is_some_and(|u| self.is_ours(u)) {
+                return None;
+            }
+            return Some((483, "Too Many Hops"));
+        }
+        if self.is_loop(req) {
+            return Some((482, "Loop Detected"));
+        }
+        if req.header("Proxy-Require").is_some() {
+            return Some((420, "Bad Extension"));
+        }
         None
+    }
+
+    /// RFC 3261 §16.3 step 4: a request carrying our own Via with the same loop hash it would get
+    /// now has come back unchanged. Spirals (changed Request-URI or Route) have another hash.
+    fn is_loop(&self, req: &Message) -> bool {
+        let hash = loop_hash(req);
+        let tag = format!("-{hash:016x}-");
+        req.vias().iter().any(|v| self.is_our_via(v) && v.branch().is_some_and(|b| b.contains(&tag)))
+    }
+
+    fn answer_locally(&mut self, now: Instant, id: TxId, req: &Message, method: &Method) {
+        match method {
+            Method::Options => self.respond(
+                now,
+                id,
+                req,
+                200,
+                "OK",
+                &[("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Encoding", "identity")],
+            ),
+            _ => self.respond(now, id, req, 404, "Not Found", &[]),
+        }
+    }
+
+    /// Sends the context's request to `peer` on a new client transaction.
+    fn forward_branch(&mut self, now: Instant, sid: TxId, peer: Peer, new_ruri: Option<&str>, own_routes: usize) {
+        let Some(ctx) = self.contexts.get(&sid) else { return };
+        let req = &ctx.request;
+        let via_ep = self.local(peer.transport, peer.addr.ip());
+        let branch = format!("z9hG4bK-{:016x}-{:x}{:x}", loop_hash(req), self.secret & 0xffff_ffff, self.next_id);
+        let mut rw = req.rewrite();
+        if let Some(uri) = new_ruri {
+            rw = rw.request_uri(uri);
+            // the last Route became the Request-URI
+            let n = req.routes().len();
+            if n > 0 {
+                rw = rw.remove_last_route();
+            }
+        }
+        for _ in 0..own_routes {
+            rw = rw.pop_route();
+        }
+        rw = rw.max_forwards(req.max_forwards().map_or(70, |m| m.saturating_sub(1)));
+        if let Some(rcv) = received_param(req.top_via(), ctx_source(&self.servers, sid)) {
+            rw = rw.top_via_received(&rcv.0, rcv.1);
+        }
+        rw = rw.push_via(&format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            peer.transport.as_str(),
+            host_port(via_ep.addr)
+        ));
+        if ctx.record_route {
+            let inbound = self.servers.get(&sid).map(|s| s.peer.transport).unwrap_or(Transport::Udp);
+            let in_ep = self.local(inbound, peer.addr.ip());
+            // Double Record-Route when the two sides use different transports or addresses, so
+            // each side gets a Route URI it can reach (RFC 5658).
+            if in_ep != via_ep {
+                rw = rw.push_record_route(&record_route_value(in_ep));
+            }
+            rw = rw.push_record_route(&record_route_value(via_ep));
+        }
+        if req.has_sdp() {
+            let role = if ctx.method == Method::Ack { SdpRole::Answer } else { SdpRole::Offer };
+            let sctx = SdpContext { call_id: req.call_id(), from: ctx.leg, role };
+            match self.anchor.rewrite(sctx, req.body()) {
+                Ok(body) => {
+                    if body != req.body() {
+                        rw = rw.body(None, &body);
+                    }
+                }
+                Err(e) => {
+                    let req = ctx.request.clone();
+                    self.anchor_failed(now, sid, &req, e);
+                    return;
+                }
+            }
+        }
+        let bytes = rw.finish();
+        let kind = if ctx.method == Method::Invite { Kind::Invite } else { Kind::NonInvite };
+        let method = ctx.method.clone();
+        let initial_invite = ctx.initial_invite;
+        let cid = self.new_id();
+        let txn =
+            ClientTransaction::new(kind, now, bytes.clone(), peer.transport == Transport::Tcp, self.config.timers);
+        let key = ClientKey { branch, method };
+        self.client_keys.insert(key.clone(), cid);
+        self.clients.insert(cid, ClientEntry { key, txn, peer, role: ClientRole::Forward { server: sid } });
+        self.metrics.transactions_in_flight.inc();
+        if let Some(ctx) = self.contexts.get_mut(&sid) {
+            ctx.branch = Some(cid);
+            ctx.provisional = false;
+            ctx.cancel_sent = false;
+            if initial_invite {
+                ctx.timer_c = None;
+            }
+        }
+        self.send(peer, bytes);
+        self.flush_client(now, cid);
+    }
+
+    fn anchor_failed(&mut self, now: Instant, sid: TxId, req: &Message, e: AnchorError) {
+        let (code, reason) = e.status();
+        tracing::info!(code, "media anchoring refused a session description");
+        let extra: &[(&str, &str)] = if code == 503 { &[("Retry-After", "5")] } else { &[] };
+        if let Some(ctx) = self.contexts.get_mut(&sid) {
+            ctx.final_sent = true;
+        }
+        self.respond(now, sid, req, code, reason, extra);
+        self.dialogs.invite_response(now, req.call_id(), code, false);
+        self.anchor.release(req.call_id());
+    }
+
+    fn on_ack(&mut self, now: Instant, from: Peer, req: Message, key: ServerKey) {
+        if let Some(&id) = self.server_keys.get(&key) {
+            if let Some(entry) = self.servers.get_mut(&id) {
+                if entry.txn.on_ack(now) == Received::Absorb {
+                    self.flush_server(now, id);
+                    return;
+                }
+            }
+        }
+        // ACK for a 2xx: end-to-end, forwarded statelessly along the route set.
+        self.forward_stateless(now, from, req);
+    }
+
+    /// Forwards a request without a transaction (ACK for 2xx). The branch is derived from the
+    /// incoming one so a retransmitted ACK gets the same branch (RFC 3261 §16.11).
+    fn forward_stateless(&mut self, _now: Instant, from: Peer, req: Message) {
+        if req.max_forwards() == Some(0) {
+            self.metrics.drop("ack_max_forwards");
+            return;
+        }
+        let routes: Vec<&message::NameAddr> = req.routes().iter().collect();
+        let own_routes = routes.iter().take_while(|r| self.is_ours(&r.uri)).count();
+        let hop = match routes.get(own_routes) {
+            Some(r) => next_hop(&r.uri),
+            None => match req.request_uri() {
+                Some(uri) if !self.is_ours(uri) => next_hop(uri),
+                _ => {
+                    self.metrics.drop("ack_for_us");
+                    return;
+                }
+            },
+        };
+        let NextHop::Peer(peer) = hop else {
+            self.metrics.drop("unreachable_next_hop");
+            return;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        req.top_via().raw.hash(&mut h);
+        self.secret.hash(&mut h);
+        let branch = format!("z9hG4bK-{:016x}-s{:x}", loop_hash(&req), h.finish());
+        let via_ep = self.local(peer.transport, peer.addr.ip());
+        let mut rw = req.rewrite();
+        for _ in 0..own_routes {
+            rw = rw.pop_route();
+        }
+        rw = rw.max_forwards(req.max_forwards().map_or(70, |m| m.saturating_sub(1)));
+        if let Some(rcv) = received_param(req.top_via(), from) {
+            rw = rw.top_via_received(&rcv.0, rcv.1);
+        }
+        rw = rw.push_via(&format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            peer.transport.as_str(),
+            host_port(via_ep.addr)
+        ));
+        if req.has_sdp() {
+            let leg = self.dialogs.leg_of_request(req.call_id(), req.from().tag());
+            let sctx = SdpContext { call_id: req.call_id(), from: leg, role: SdpRole::Answer };
+            match self.anchor.rewrite(sctx, req.body()) {
+                Ok(body) if body != req.body() => rw = rw.body(None, &body),
+                Ok(_) => {}
+                Err(_) => {
+                    self.metrics.drop("ack_bad_sdp");
+                    return;
+                }
+            }
+        }
+        let bytes = rw.finish();
+        self.send(peer, bytes);
+    }
+
+    fn on_cancel(&mut self, now: Instant, from: Peer, req: Message, key: ServerKey) {
+        let id = self.new_id();
+        let txn = ServerTransaction::new(Kind::NonInvite, now, from.transport == Transport::Tcp, self.config.timers);
+        self.servers.insert(id, ServerEntry { key: key.clone(), txn, peer: response_peer(&req, from), ctx: false });
+        self.server_keys.insert(key, id);
+        self.metrics.transactions_in_flight.inc();
+
+        let invite_key = match server_key(&req, &Method::Invite) {
+            k @ ServerKey::Rfc3261 { .. } => k,
+            ServerKey::Rfc2543 { call_id, cseq, from_tag, via, .. } => {
+                ServerKey::Rfc2543 { call_id, cseq, from_tag, via, method: Method::Invite }
+            }
+        };
+        let Some(&sid) = self.server_keys.get(&invite_key) else {
+            self.respond(now, id, &req, 481, "Call/Transaction Does Not Exist", &[]);
+            return;
+        };
+        let final_sent = self.servers.get(&sid).is_some_and(|s| s.txn.final_sent().is_some());
+        self.respond(now, id, &req, 200, "OK", &[]);
+        if final_sent {
+            return;
+        }
+        let Some(ctx) = self.contexts.get_mut(&sid) else {
+            // An INVITE callveil answered itself: nothing to cancel downstream.
+            return;
+        };
+        ctx.cancelled = true;
+        ctx.remaining.clear();
+        if ctx.provisional && !ctx.cancel_sent {
+            self.send_cancel(now, sid);
+        }
+    }
+
+    /// Sends CANCEL for the context's current branch (RFC 3261 §16.10, §9.1).
+    fn send_cancel(&mut self, now: Instant, sid: TxId) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else { return };
+        let Some(bid) = ctx.branch else { return };
+        ctx.cancel_sent = true;
+        let Some(branch) = self.clients.get(&bid) else { return };
+        let Ok(forwarded) = message::parse(branch.txn.request()) else {
+            self.metrics.drop("cancel_build_failed");
+            return;
+        };
+        let bytes = message::cancel_for(&forwarded);
+        let peer = branch.peer;
+        let key = ClientKey { branch: branch.key.branch.clone(), method: Method::Cancel };
+        let cid = self.new_id();
+        let txn = ClientTransaction::new(
+            Kind::NonInvite,
+            now,
+            bytes.clone(),
+            peer.transport == Transport::Tcp,
+            self.config.timers,
+        );
+        self.client_keys.insert(key.clone(), cid);
+        self.clients.insert(cid, ClientEntry { key, txn, peer, role: ClientRole::Cancel });
+        self.metrics.transactions_in_flight.inc();
+        self.send(peer, bytes);
+        self.flush_client(now, cid);
+    }
+
+    // ----- responses ------------------------------------------------------------------------
+
+    fn on_response(&mut self, now: Instant, resp: Message) {
+        let code = resp.status().unwrap_or(0);
+        self.metrics.response(code);
+        if !self.is_our_via(resp.top_via()) {
+            self.metrics.drop("response_not_ours");
+            return;
+        }
+        let key =
+            ClientKey { branch: resp.top_via().branch().unwrap_or("").to_string(), method: resp.cseq().method.clone() };
+        let Some(&cid) = self.client_keys.get(&key) else {
+            // RFC 3261 §16.7 step 3 / RFC 6026: no transaction (a 2xx retransmitted after ours
+            // ended) is forwarded statelessly; anything else is dropped.
+            if (200..300).contains(&code) && resp.cseq().method == Method::Invite {
+                self.forward_response_stateless(resp);
+            } else {
+                self.metrics.drop("stray_response");
+            }
+            return;
+        };
+        let Some(entry) = self.clients.get_mut(&cid) else { return };
+        let received = entry.txn.on_response(now, code);
+        if entry.txn.needs_ack() {
+            if let Ok(forwarded) = message::parse(entry.txn.request()) {
+                let ack = message::ack_for(&forwarded, &resp);
+                entry.txn.set_ack(ack);
+            }
+        }
+        let role_server = match entry.role {
+            ClientRole::Forward { server } => Some(server),
+            ClientRole::Cancel => None,
+        };
+        self.flush_client(now, cid);
+        if received == Received::Absorb {
+            self.metrics.retransmissions_absorbed.inc();
+            return;
+        }
+        let Some(sid) = role_server else { return };
+        let current = self.contexts.get(&sid).is_some_and(|c| c.branch == Some(cid));
+        if !current {
+            // The context is gone (final already forwarded and cleaned up): only 2xx travel on.
+            if (200..300).contains(&code) {
+                self.forward_response_stateless(resp);
+            }
+            return;
+        }
+        self.branch_response(now, sid, resp, code);
+    }
+
+    /// RFC 3261 §16.7 for one response delivered by the current branch.
+    fn branch_response(&mut self, now: Instant, sid: TxId, resp: Message, code: u16) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else { return };
+        match code {
+            100 => {}
+            101..=199 => {
+                let first = !ctx.provisional;
+                ctx.provisional = true;
+                if ctx.initial_invite {
+                    ctx.timer_c = Some(now + TIMER_C);
+                    self.timers.push(Reverse((now + TIMER_C, TimerRef::TimerC(sid))));
+                }
+                let cancel_now = first && ctx.cancelled && !ctx.cancel_sent;
+                if ctx.initial_invite {
+                    self.dialogs.invite_response(now, resp.call_id(), code, resp.to().tag().is_some());
+                }
+                self.forward_response(now, sid, &resp, code);
+                if cancel_now {
+                    self.send_cancel(now, sid);
+                }
+            }
+            200..=299 => {
+                ctx.final_sent = true;
+                ctx.timer_c = None;
+                if ctx.initial_invite {
+                    self.dialogs.invite_response(now, resp.call_id(), code, true);
+                }
+                if ctx.method == Method::Bye && self.dialogs.terminate(resp.call_id()) {
+                    self.anchor.release(resp.call_id());
+                }
+                self.forward_response(now, sid, &resp, code);
+            }
+            _ => {
+                ctx.timer_c = None;
+                let better = ctx.best.as_ref().is_none_or(|b| rank(code) < rank(b.status().unwrap_or(699)));
+                if better {
+                    ctx.best = Some(resp);
+                }
+                let failover = (code == 503 || code == 408) && !ctx.cancelled;
+                self.next_branch_or_final(now, sid, failover);
+            }
+        }
+    }
+
+    /// The current branch ended without a 2xx: try the next upstream when allowed, else send the
+    /// best final response we have (or `fallback`).
+    fn next_branch_or_final(&mut self, now: Instant, sid: TxId, failover: bool) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else { return };
+        ctx.branch = None;
+        if failover {
+            if let Some(ep) = ctx.remaining.pop_front() {
+                self.metrics.failovers.inc();
+                tracing::info!(upstream = %ep, "failing over to the next upstream");
+                self.forward_branch(now, sid, Peer { transport: ep.transport, addr: ep.addr, conn: None }, None, 0);
+                return;
+            }
+        }
+        let cancelled = ctx.cancelled;
+        let best = ctx.best.take();
+        let call_id = ctx.request.call_id().to_string();
+        let initial_invite = ctx.initial_invite;
+        let method = ctx.method.clone();
+        ctx.final_sent = true;
+        match best {
+            Some(resp) => {
+                let mut code = resp.status().unwrap_or(500);
+                if code == 503 {
+                    // RFC 3261 §16.7 step 6: a 503 from downstream is not ours to pass upstream.
+                    code = 500;
+                    let req = self.contexts.get(&sid).map(|c| c.request.clone());
+                    if let Some(req) = req {
+                        self.respond(now, sid, &req, 500, "Server Internal Error (upstreams unavailable)", &[]);
+                    }
+                } else {
+                    self.forward_response(now, sid, &resp, code);
+                }
+                if initial_invite {
+                    self.dialogs.invite_response(now, &call_id, code, true);
+                    self.anchor.release(&call_id);
+                }
+            }
+            None if method != Method::Invite => {
+                // RFC 4320 §4.2: no 408 to a non-INVITE request; its client has given up at the
+                // same moment. The server transaction is simply ended.
+                if let Some(entry) = self.servers.get_mut(&sid) {
+                    entry.txn.on_transport_error();
+                }
+                self.flush_server(now, sid);
+            }
+            None => {
+                let (code, reason) = if cancelled { (487, "Request Terminated") } else { (408, "Request Timeout") };
+                let req = self.contexts.get(&sid).map(|c| c.request.clone());
+                if let Some(req) = req {
+                    self.respond(now, sid, &req, code, reason, &[]);
+                }
+                if initial_invite {
+                    self.dialogs.invite_response(now, &call_id, code, false);
+                    self.anchor.release(&call_id);
+                }
+            }
+        }
+        if method == Method::Bye && self.dialogs.terminate(&call_id) {
+            self.anchor.release(&call_id);
+        }
+        self.gc_context(sid);
+    }
+
+    /// Forwards a response received on a branch through the server transaction `sid`.
+    fn forward_response(&mut self, now: Instant, sid: TxId, resp: &Message, code: u16) {
+        let Some(ctx) = self.contexts.get(&sid) else { return };
+        let mut rw = resp.rewrite().pop_via();
+        if resp.has_sdp() {
+            let role = if ctx.request.has_sdp() { SdpRole::Answer } else { SdpRole::Offer };
+            let sctx = SdpContext { call_id: resp.call_id(), from: ctx.leg.other(), role };
+            match self.anchor.rewrite(sctx, resp.body()) {
+                Ok(body) if body != resp.body() => rw = rw.body(None, &body),
+                Ok(_) => {}
+                Err(e) => {
+                    // The far side already accepted; we cannot answer it here. Forward as is and
+                    // count it: media will flow around us for this call.
+                    tracing::warn!(error = %e, "media anchoring refused an answer; forwarding unchanged");
+                    self.metrics.drop("sdp_answer_unanchored");
+                }
+            }
+        }
+        let bytes = rw.finish();
+        if let Some(entry) = self.servers.get_mut(&sid) {
+            entry.txn.send_response(now, code, bytes);
+        }
+        self.flush_server(now, sid);
+        if code >= 200 {
+            self.gc_context(sid);
+        }
+    }
+
+    /// A response without a transaction: pop our Via and send it to the next one.
+    fn forward_response_stateless(&mut self, resp: Message) {
+        let Some(next) = resp.vias().get(1) else {
+            self.metrics.drop("response_no_next_via");
+            return;
+        };
+        let Some(peer) = via_peer(next) else {
+            self.metrics.drop("unreachable_next_hop");
+            return;
+        };
+        let bytes = resp.rewrite().pop_via().finish();
+        self.send(peer, bytes);
+    }
+
+    // ----- timers ---------------------------------------------------------------------------
+
+    fn server_timeout(&mut self, now: Instant, id: TxId) {
+        let Some(entry) = self.servers.get_mut(&id) else { return };
+        if let Some(TimedOut::TimerH) = entry.txn.handle_timeout(now) {
+            tracing::debug!("no ACK for a final response (Timer H)");
+        }
+        self.flush_server(now, id);
+    }
+
+    fn client_timeout(&mut self, now: Instant, id: TxId) {
+        let Some(entry) = self.clients.get_mut(&id) else { return };
+        let fired = entry.txn.handle_timeout(now);
+        let server = match entry.role {
+            ClientRole::Forward { server } => Some(server),
+            ClientRole::Cancel => None,
+        };
+        self.flush_client(now, id);
+        if fired.is_some() {
+            let Some(sid) = server else { return };
+            let current = self.contexts.get(&sid).is_some_and(|c| c.branch == Some(id));
+            if current {
+                let cancelled = self.contexts.get(&sid).is_some_and(|c| c.cancelled);
+                self.next_branch_or_final(now, sid, !cancelled);
+            }
+        }
+    }
+
+    /// Timer C (RFC 3261 §16.6 step 11): an INVITE branch stuck in Proceeding is cancelled; if
+    /// the far side never answers the CANCEL, the client transaction's own timers end it.
+    fn timer_c(&mut self, now: Instant, sid: TxId) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else { return };
+        if ctx.timer_c.is_none_or(|at| at > now) || ctx.final_sent {
+            return;
+        }
+        ctx.timer_c = None;
+        ctx.cancelled = true;
+        ctx.remaining.clear();
+        if !ctx.cancel_sent {
+            self.send_cancel(now, sid);
+        }
+    }
+
+    // ----- plumbing -------------------------------------------------------------------------
+
+    fn respond(&mut self, now: Instant, id: TxId, req: &Message, code: u16, reason: &str, extra: &[(&str, &str)]) {
+        let tag = if code > 100 && req.to().tag().is_none() { Some(self.to_tag(req)) } else { None };
+        let bytes = message::response(req, code, reason, tag.as_deref(), extra);
+        if let Some(entry) = self.servers.get_mut(&id) {
+            entry.txn.send_response(now, code, bytes);
+        }
+        self.flush_server(now, id);
+    }
+
+    /// A To tag for responses callveil generates: stable per request so retransmitted requests
+    /// get the same tag.
+    fn to_tag(&self, req: &Message) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        req.call_id().hash(&mut h);
+        req.cseq().seq.hash(&mut h);
+        req.from().tag().hash(&mut h);
+        self.secret.hash(&mut h);
+        format!("cv{:x}", h.finish())
+    }
+
+    fn flush_server(&mut self, now: Instant, id: TxId) {
+        let Some(entry) = self.servers.get_mut(&id) else { return };
+        let peer = entry.peer;
+        let mut sends = Vec::new();
+        while let Some(b) = entry.txn.poll_transmit() {
+            sends.push(b);
+        }
+        let deadline = entry.txn.poll_timeout();
+        let done = entry.txn.is_terminated();
+        for b in sends {
+            self.send(peer, b);
+        }
+        if done {
+            if let Some(entry) = self.servers.remove(&id) {
+                self.server_keys.remove(&entry.key);
+                self.metrics.transactions_in_flight.dec();
+                if entry.ctx {
+                    self.gc_context(id);
+                }
+            }
+        } else if let Some(at) = deadline {
+            self.timers.push(Reverse((at.max(now), TimerRef::Server(id))));
+        }
+    }
+
+    fn flush_client(&mut self, now: Instant, id: TxId) {
+        let Some(entry) = self.clients.get_mut(&id) else { return };
+        let peer = entry.peer;
+        let mut sends = Vec::new();
+        while let Some(b) = entry.txn.poll_transmit() {
+            sends.push(b);
+        }
+        let deadline = entry.txn.poll_timeout();
+        let done = entry.txn.is_terminated();
+        let retrans = sends.len();
+        for b in sends {
+            self.send(peer, b);
+        }
+        if retrans > 0 {
+            self.metrics.retransmissions_sent.inc_by(retrans as u64);
+        }
+        if done {
+            if let Some(entry) = self.clients.remove(&id) {
+                self.client_keys.remove(&entry.key);
+                self.metrics.transactions_in_flight.dec();
+            }
+        } else if let Some(at) = deadline {
+            self.timers.push(Reverse((at.max(now), TimerRef::Client(id))));
+        }
+    }
+
+    /// Drops a context once its final response is out (or its server transaction is gone); the
+    /// server transaction keeps absorbing retransmissions on its own, and late 2xx from the
+    /// branch are forwarded statelessly.
+    fn gc_context(&mut self, sid: TxId) {
+        let final_sent = self.contexts.get(&sid).is_some_and(|c| c.final_sent);
+        if final_sent || !self.servers.contains_key(&sid) {
+            self.contexts.remove(&sid);
+        }
+    }
+
+    fn send(&mut self, to: Peer, bytes: Vec<u8>) {
+        self.out.push_back(Transmit { to, bytes });
+    }
+
+    fn new_id(&mut self) -> TxId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The listen endpoint used toward a peer: same transport, same address family if possible.
+    fn local(&self, transport: Transport, toward: IpAddr) -> Endpoint {
+        let same = |e: &&Endpoint| e.transport == transport;
+        self.config
+            .listen
+            .iter()
+            .filter(same)
+            .find(|e| e.addr.is_ipv4() == toward.is_ipv4())
+            .or_else(|| self.config.listen.iter().find(same))
+            .or_else(|| self.config.listen.first())
+            .copied()
+            .unwrap_or(Endpoint { transport, addr: SocketAddr::from(([127, 0, 0, 1], 5060)) })
+    }
+
+    fn is_ours(&self, uri: &Uri) -> bool {
+        let default_port = if uri.scheme == Scheme::Sips { 5061 } else { 5060 };
+        self.is_our_host_port(&uri.host, uri.port.unwrap_or(default_port))
+    }
+
+    fn is_our_via(&self, via: &Via) -> bool {
+        self.is_our_host_port(&via.host, via.port.unwrap_or(5060))
+    }
+
+    fn is_our_host_port(&self, host: &str, port: u16) -> bool {
+        let Some(ip) = parse_host_ip(host) else { return false };
+        self.config.listen.iter().any(|e| e.addr.port() == port && (e.addr.ip() == ip || e.addr.ip().is_unspecified()))
+    }
+}
+
+fn server_key(req: &Message, method: &Method) -> ServerKey {
+    let method = if *method == Method::Ack { Method::Invite } else { method.clone() };
+    let via = req.top_via();
+    match via.branch() {
+        Some(b) if b.starts_with("z9hG4bK") => {
+            ServerKey::Rfc3261 { branch: b.to_string(), sent_by: via.sent_by().to_ascii_lowercase(), method }
+        }
+        _ => ServerKey::Rfc2543 {
+            call_id: req.call_id().to_string(),
+            cseq: req.cseq().seq,
+            from_tag: req.from().tag().unwrap_or("").to_string(),
+            via: via.raw.clone(),
+            method,
+        },
+    }
+}
+
+/// RFC 3261 §16.6 step 8 loop-detection hash over what identifies a request's path.
+fn loop_hash(req: &Message) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.request_uri().map(|u| u.raw.as_str()).hash(&mut h);
+    req.from().tag().hash(&mut h);
+    req.to().tag().hash(&mut h);
+    req.call_id().hash(&mut h);
+    req.cseq().seq.hash(&mut h);
+    for r in req.routes() {
+        r.uri.raw.hash(&mut h);
+    }
+    req.header("Proxy-Require").hash(&mut h);
+    h.finish()
+}
+
+/// Where responses to a request go: the source address (what `received`/`rport` would say), on
+/// the same TCP connection for TCP. Without rport over UDP, RFC 3261 §18.2.2 uses the Via port.
+fn response_peer(req: &Message, from: Peer) -> Peer {
+    let via = req.top_via();
+    if from.transport == Transport::Udp && via.rport().is_none() {
+        if let Some(port) = via.port {
+            return Peer { addr: SocketAddr::new(from.addr.ip(), port), ..from };
+        }
+    }
+    from
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581: the `received` (and `rport`) values to add to the top Via.
+fn received_param(via: &Via, from: Peer) -> Option<(String, Option<u16>)> {
+    let rport = via.rport().map(|_| from.addr.port());
+    let host_matches = parse_host_ip(&via.host) == Some(from.addr.ip());
+    if host_matches && rport.is_none() {
+        return None;
+    }
+    Some((from.addr.ip().to_string(), rport))
+}
+
+fn ctx_source(servers: &HashMap<TxId, ServerEntry>, sid: TxId) -> Peer {
+    servers.get(&sid).map(|s| s.peer).unwrap_or(Peer::udp(SocketAddr::from(([0, 0, 0, 0], 0))))
+}
+
+fn parse_host_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+fn next_hop(uri: &Uri) -> NextHop {
+    if let Scheme::Other(_) | Scheme::Tel = uri.scheme {
+        return NextHop::Unreachable("Service Unavailable (no route for URI scheme)");
+    }
+    let maddr = uri.param("maddr").flatten().and_then(parse_host_ip);
+    let Some(ip) = maddr.or_else(|| parse_host_ip(&uri.host)) else {
+        return NextHop::Unreachable("Service Unavailable (next hop is not an IP address)");
+    };
+    let transport = match uri.param("transport").flatten().map(|t| t.to_ascii_lowercase()) {
+        None => {
+            if uri.scheme == Scheme::Sips {
+                return NextHop::Unreachable("Service Unavailable (TLS not supported)");
+            }
+            Transport::Udp
+        }
+        Some(t) if t == "udp" => Transport::Udp,
+        Some(t) if t == "tcp" => Transport::Tcp,
+        Some(_) => return NextHop::Unreachable("Service Unavailable (transport not supported)"),
+    };
+    let port = uri.port.unwrap_or(5060);
+    NextHop::Peer(Peer { transport, addr: SocketAddr::new(ip, port), conn: None })
+}
+
+fn via_peer(via: &Via) -> Option<Peer> {
+    let ip = via.received().and_then(parse_host_ip).or_else(|| parse_host_ip(&via.host))?;
+    let port = match via.rport() {
+        Some(Some(p)) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    let transport = match via.transport.as_str() {
+        "UDP" => Transport::Udp,
+        "TCP" => Transport::Tcp,
+        _ => return None,
+    };
+    Some(Peer { transport, addr: SocketAddr::new(ip, port), conn: None })
+}
+
+fn host_port(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn record_route_value(ep: Endpoint) -> String {
+    match ep.transport {
+        Transport::Udp => format!("<sip:{};lr>", host_port(ep.addr)),
+        Transport::Tcp => format!("<sip:{};transport=tcp;lr>", host_port(ep.addr)),
+    }
+}
+
+/// RFC 3261 §16.7 step 6 preference among final responses: 6xx, then the lowest class.
+fn rank(code: u16) -> u16 {
+    match code {
+        600..=699 => 0,
+        401 | 407 | 415 | 420 | 484 => 1,
+        _ if code >= 500 && code != 503 => 3,
+        503 => 4,
+        _ => 2,
     }
 }

@@ -231,6 +231,23 @@ impl<'a> Rewrite<'a> {
         }
     }
 
+    /// Removes the last Route value (comma-joined aware). A proxy receiving a request from a
+    /// strict router moves that value into the Request-URI (RFC 3261 §16.4).
+    pub fn remove_last_route(mut self) -> Self {
+        let Some(at) = self.lines.iter().rposition(|l| self.kind(l) == Known::Route) else { return self };
+        let mut values = self.values(at);
+        if values.len() <= 1 {
+            self.lines.remove(at);
+        } else {
+            values.pop();
+            let name = self.name(at);
+            if let Some(line) = self.lines.get_mut(at) {
+                *line = Line::New { name, values, kind: Known::Route };
+            }
+        }
+        self
+    }
+
     fn pop_value(mut self, kind: Known) -> Self {
         let Some(at) = self.first(kind) else { return self };
         let mut values = self.values(at);

@@ -1,0 +1,292 @@
+//! The proxy core between a carrier UA and PBX UAs on virtual time: call flows, retransmissions,
+//! RFC 3261 timers, CANCEL races, failover, and seeded loss with reordering.
+
+mod sim;
+
+use std::time::Duration;
+
+use callveil::sip::message::Method;
+use sim::*;
+
+fn count(v: &[Method], m: Method) -> usize {
+    v.iter().filter(|x| **x == m).count()
+}
+
+fn finals(ua: &Ua, m: Method) -> Vec<u16> {
+    ua.responses.iter().filter(|(mm, c)| *mm == m && *c >= 200).map(|r| r.1).collect()
+}
+
+/// Runs INVITE → 200 → ACK → BYE for one call; returns the sim for inspection.
+fn basic_call(sim: &mut Sim, call_id: &str, n: u32) {
+    sim.carrier_sends(invite(call_id, &format!("z9hG4bKinv{n}"), 1));
+    sim.run_for(Duration::from_secs(2));
+    let ok = sim.carrier.last_final_200.clone().expect("caller got 200 OK (and ACKed it)");
+    sim.carrier_sends(in_dialog(&ok, "BYE", &format!("z9hG4bKbye{n}"), 2));
+    sim.run_for(Duration::from_secs(2));
+}
+
+#[test]
+fn basic_call_flows_through_with_via_and_record_route() {
+    let mut sim = Sim::new(1, &[UasMode::Answer]);
+    basic_call(&mut sim, "call-1@carrier", 1);
+
+    let to_pbx = sim.net.sent_between(PROXY, PBX1);
+    let inv = to_pbx.iter().find(|m| m.method() == Some(&Method::Invite)).expect("INVITE reached the PBX");
+    assert_eq!(inv.vias().len(), 2, "our Via on top of the carrier's");
+    assert!(inv.top_via().branch().unwrap().starts_with("z9hG4bK"));
+    assert_eq!(inv.vias()[1].received(), Some("127.0.0.1"), "RFC 3581: received= is added whenever rport is asked for");
+    assert_eq!(inv.vias()[1].rport(), Some(Some(5061)), "rport filled (RFC 3581)");
+    assert_eq!(inv.max_forwards(), Some(69));
+    assert_eq!(inv.record_routes().len(), 1);
+    assert!(inv.record_routes()[0].uri.lr());
+    assert_eq!(inv.body(), sdp(addr(CARRIER), 20000).as_bytes(), "SDP passed through unchanged");
+
+    let to_carrier = sim.net.sent_between(PROXY, CARRIER);
+    let codes: Vec<u16> = to_carrier.iter().filter_map(|m| m.status()).collect();
+    assert_eq!(codes.first(), Some(&100), "100 Trying is sent at once, hop-by-hop");
+    assert!(codes.contains(&180) && codes.contains(&200));
+    assert!(to_carrier.iter().all(|m| m.vias().len() == 1), "our Via is popped from responses");
+    let ok = to_carrier.iter().find(|m| m.status() == Some(200)).unwrap();
+    assert_eq!(ok.record_routes().len(), 1, "Record-Route is echoed back to the caller");
+
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1);
+    assert_eq!(sim.pbx[0].acks, 1, "ACK for 2xx travels end-to-end");
+    assert_eq!(count(&sim.pbx[0].requests, Method::Bye), 1);
+    assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+    assert_eq!(sim.proxy.dialogs().len(), 0);
+    assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"Answered\"}"), Some(1.0));
+
+    // All transactions are gone after their wait timers (64·T1 at most).
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(sim.proxy.transactions(), 0);
+    assert_eq!(sim.metric("callveil_sip_transactions_in_flight"), Some(0.0));
+}
+
+#[test]
+fn retransmitted_invites_are_absorbed() {
+    let mut sim = Sim::new(2, &[UasMode::Answer]);
+    sim.pbx[0].answer_after = Duration::from_secs(3);
+    // The carrier hears nothing for a while (100 Trying and 180 lost): it retransmits the INVITE.
+    sim.net.drop_next.insert((addr(PROXY), addr(CARRIER)), 3);
+    sim.carrier_sends(invite("call-2", "z9hG4bKr1", 1));
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        count(
+            &sim.net.sent_between(CARRIER, PROXY).iter().filter_map(|m| m.method().cloned()).collect::<Vec<_>>(),
+            Method::Invite
+        ) >= 2
+    );
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1, "the PBX sees one INVITE");
+    assert!(sim.metric("callveil_sip_retransmissions_absorbed_total").unwrap() >= 1.0);
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200]);
+}
+
+#[test]
+fn timer_b_fires_on_virtual_time_and_caller_gets_408() {
+    let mut sim = Sim::new(3, &[UasMode::Silent]);
+    let start = sim.now;
+    sim.carrier_sends(invite("call-3", "z9hG4bKb1", 1));
+    sim.run_for(Duration::from_secs(31));
+    assert!(finals(&sim.carrier, Method::Invite).is_empty(), "nothing final before 64·T1");
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![408]);
+    // Timer A: INVITE sent at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s = 7 copies.
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 7);
+    assert!(sim.now - start >= Duration::from_secs(32));
+    assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"TimedOut\"}"), Some(1.0));
+}
+
+#[test]
+fn timer_f_ends_a_non_invite_request() {
+    let mut sim = Sim::new(4, &[UasMode::Silent]);
+    let opts = String::from_utf8(invite("call-4", "z9hG4bKf1", 1))
+        .unwrap()
+        .replacen("INVITE sip:", "OPTIONS sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS");
+    sim.carrier_sends(opts.into_bytes());
+    sim.run_for(Duration::from_secs(33));
+    // RFC 4320 §4.2: a transaction-stateful element never sends 408 to a non-INVITE request (the
+    // client has timed out at the same instant); the transactions just end.
+    assert!(!sim.net.sent_between(PROXY, CARRIER).iter().any(|m| m.status() == Some(408)));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Options), 11, "Timer E schedule: 0.5, 1, 2, 4, 4, ... s");
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.proxy.transactions(), 0);
+}
+
+#[test]
+fn failover_on_503_to_the_next_upstream() {
+    let mut sim = Sim::new(5, &[UasMode::Reject(503), UasMode::Answer]);
+    sim.carrier_sends(invite("call-5", "z9hG4bKfo1", 1));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200]);
+    assert_eq!(count(&sim.pbx[1].requests, Method::Invite), 1);
+    assert_eq!(sim.pbx[0].acks, 1, "the 503 is acknowledged hop-by-hop by callveil");
+    assert_eq!(sim.metric("callveil_sip_failovers_total"), Some(1.0));
+    assert!(!sim.net.sent_between(PROXY, CARRIER).iter().any(|m| m.status() == Some(503)));
+}
+
+#[test]
+fn failover_on_timeout_to_the_next_upstream() {
+    let mut sim = Sim::new(6, &[UasMode::Silent, UasMode::Answer]);
+    sim.carrier_sends(invite("call-6", "z9hG4bKfo2", 1));
+    sim.run_for(Duration::from_secs(35));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200]);
+    assert_eq!(count(&sim.pbx[1].requests, Method::Invite), 1);
+}
+
+#[test]
+fn all_upstreams_unavailable_gives_500() {
+    let mut sim = Sim::new(7, &[UasMode::Reject(503), UasMode::Reject(503)]);
+    sim.carrier_sends(invite("call-7", "z9hG4bKfo3", 1));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![500]);
+}
+
+#[test]
+fn busy_is_forwarded_and_acked_on_both_hops() {
+    let mut sim = Sim::new(8, &[UasMode::Reject(486)]);
+    sim.carrier_sends(invite("call-8", "z9hG4bKbusy", 1));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![486]);
+    assert_eq!(sim.pbx[0].acks, 1, "callveil ACKs the 486 toward the PBX");
+    let acks_from_carrier =
+        sim.net.sent_between(CARRIER, PROXY).iter().filter(|m| m.method() == Some(&Method::Ack)).count();
+    assert_eq!(acks_from_carrier, 1);
+    assert_eq!(
+        sim.net.sent_between(PROXY, PBX1).iter().filter(|m| m.method() == Some(&Method::Ack)).count(),
+        1,
+        "carrier's ACK is absorbed, not forwarded"
+    );
+    assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"Rejected\"}"), Some(1.0));
+}
+
+#[test]
+fn cancel_after_ringing() {
+    let mut sim = Sim::new(9, &[UasMode::Ring]);
+    let inv = invite("call-9", "z9hG4bKc1", 1);
+    sim.carrier_sends(inv.clone());
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.carrier.responses.iter().any(|r| r.1 == 180));
+    sim.carrier_sends(cancel(&inv));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Cancel), vec![200]);
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![487]);
+    assert_eq!(count(&sim.pbx[0].requests, Method::Cancel), 1);
+    assert_eq!(sim.pbx[0].acks, 1);
+    assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"Cancelled\"}"), Some(1.0));
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_one() {
+    let mut sim = Sim::new(10, &[UasMode::Silent]);
+    let inv = invite("call-10", "z9hG4bKc2", 1);
+    sim.carrier_sends(inv.clone());
+    sim.run_for(Duration::from_millis(50));
+    sim.carrier_sends(cancel(&inv));
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(finals(&sim.carrier, Method::Cancel), vec![200]);
+    assert_eq!(count(&sim.pbx[0].requests, Method::Cancel), 0, "no CANCEL before a provisional (RFC 3261 §9.1)");
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![487]);
+}
+
+#[test]
+fn cancel_racing_the_200() {
+    for delay_ms in [95u64, 100, 101, 103, 105] {
+        let mut sim = Sim::new(11 + delay_ms, &[UasMode::Answer]);
+        let inv = invite("call-11", "z9hG4bKc3", 1);
+        sim.carrier_sends(inv.clone());
+        sim.run_for(Duration::from_millis(delay_ms));
+        sim.carrier_sends(cancel(&inv));
+        sim.run_for(Duration::from_secs(2));
+        let f = finals(&sim.carrier, Method::Invite);
+        assert_eq!(f.len(), 1, "exactly one final for the INVITE at {delay_ms} ms: {f:?}");
+        assert!(f[0] == 200 || f[0] == 487, "{f:?}");
+        assert_eq!(finals(&sim.carrier, Method::Cancel), vec![200]);
+        if f[0] == 200 {
+            let ok = sim.carrier.last_final_200.clone().unwrap();
+            sim.carrier_sends(in_dialog(&ok, "BYE", "z9hG4bKc3b", 2));
+            sim.run_for(Duration::from_secs(2));
+            assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+        }
+        sim.run_for(Duration::from_secs(40));
+        assert_eq!(sim.proxy.transactions(), 0, "nothing left behind at {delay_ms} ms");
+        assert_eq!(sim.proxy.dialogs().len(), 0);
+    }
+}
+
+#[test]
+fn max_forwards_zero_gets_483_and_options_to_us_gets_200() {
+    let mut sim = Sim::new(12, &[UasMode::Answer]);
+    let inv =
+        String::from_utf8(invite("call-12", "z9hG4bKmf", 1)).unwrap().replace("Max-Forwards: 70", "Max-Forwards: 0");
+    sim.carrier_sends(inv.into_bytes());
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![483]);
+    assert!(sim.pbx[0].requests.is_empty());
+
+    let opts = format!(
+        "OPTIONS sip:{PROXY} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bKo1\r\nMax-Forwards: 70\r\n\
+         From: <sip:mon@carrier.example>;tag=a\r\nTo: <sip:{PROXY}>\r\nCall-ID: ping-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    sim.carrier_sends(opts.into_bytes());
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(finals(&sim.carrier, Method::Options), vec![200]);
+    assert!(sim.pbx[0].requests.is_empty());
+}
+
+#[test]
+fn bad_requests_get_400_or_are_dropped_and_counted() {
+    let mut sim = Sim::new(13, &[UasMode::Answer]);
+    let bad_cseq =
+        String::from_utf8(invite("x", "z9hG4bKbad", 1)).unwrap().replace("CSeq: 1 INVITE", "CSeq: one INVITE");
+    sim.proxy.handle_message(sim.now, callveil::sip::Peer::udp(addr(CARRIER)), bad_cseq.as_bytes());
+    let resp = sim.proxy.poll_transmit().expect("a 400 goes back");
+    let text = String::from_utf8_lossy(&resp.bytes);
+    assert!(text.starts_with("SIP/2.0 400"), "{text}");
+    assert!(text.contains("CSeq"), "the reason names the fault: {text}");
+    assert!(!text.contains(CALLER_NUMBER) || text.contains("From:"), "the number only appears in the echoed From");
+    // Without a Call-ID no valid response can be built: dropped and counted.
+    let no_call_id = String::from_utf8(invite("x", "z9hG4bKbad2", 1)).unwrap().replace("Call-ID: x\r\n", "");
+    sim.proxy.handle_message(sim.now, callveil::sip::Peer::udp(addr(CARRIER)), no_call_id.as_bytes());
+    assert!(sim.proxy.poll_transmit().is_none());
+    sim.proxy.handle_message(sim.now, callveil::sip::Peer::udp(addr(CARRIER)), b"\x00\x01garbage\r\n\r\n");
+    assert!(sim.proxy.poll_transmit().is_none());
+    let errors: f64 = sim
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("callveil_sip_parse_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(errors, 3.0);
+}
+
+#[test]
+fn calls_complete_under_loss_and_reordering() {
+    for seed in 0..5u64 {
+        let mut sim = Sim::new(100 + seed, &[UasMode::Answer]);
+        sim.net.loss = 0.15;
+        sim.net.jitter = Duration::from_millis(30);
+        for n in 0..8u32 {
+            let call_id = format!("lossy-{seed}-{n}");
+            sim.carrier.last_final_200 = None;
+            sim.carrier_sends(invite(&call_id, &format!("z9hG4bKl{seed}x{n}"), 1));
+            sim.run_for(Duration::from_secs(20));
+            let Some(ok) = sim.carrier.last_final_200.clone() else {
+                panic!("seed {seed} call {n}: no 200 OK despite retransmissions; responses {:?}", sim.carrier.responses)
+            };
+            assert_eq!(ok.call_id(), call_id);
+            sim.carrier_sends(in_dialog(&ok, "BYE", &format!("z9hG4bKlb{seed}x{n}"), 2));
+            sim.run_for(Duration::from_secs(20));
+        }
+        let byes = finals(&sim.carrier, Method::Bye);
+        assert_eq!(byes.len(), 8, "seed {seed}: every BYE answered: {byes:?}");
+        assert!(byes.iter().all(|c| *c == 200), "seed {seed}: {byes:?}");
+        // Each call reached the PBX as exactly one INVITE transaction (retransmissions absorbed
+        // by callveil; the PBX may see callveil's own Timer A retransmissions when its 1xx are lost,
+        // which its transaction absorbs).
+        sim.run_for(Duration::from_secs(40));
+        assert_eq!(sim.proxy.transactions(), 0, "seed {seed}");
+        assert_eq!(sim.proxy.dialogs().len(), 0, "seed {seed}");
+    }
+}
