@@ -290,3 +290,60 @@ fn calls_complete_under_loss_and_reordering() {
         assert_eq!(sim.proxy.dialogs().len(), 0, "seed {seed}");
     }
 }
+
+#[test]
+fn in_dialog_requests_without_route_follow_the_dialog() {
+    // SIPp's built-in uac and some PBXs ignore Record-Route and send ACK/BYE to the proxy's
+    // address with the original Request-URI: callveil routes them by its dialog state.
+    let mut sim = Sim::new(14, &[UasMode::Answer]);
+    sim.carrier_sends(invite("call-14", "z9hG4bKnr1", 1));
+    sim.run_for(Duration::from_secs(2));
+    let ok = sim.carrier.last_final_200.clone().unwrap();
+    let bye = format!(
+        "BYE sip:{CALLEE_USER}@{PROXY} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bKnr2\r\nMax-Forwards: 70\r\n\
+         From: <sip:{CALLER_NUMBER}@carrier.example>;tag=from1\r\nTo: <sip:{CALLEE_USER}@callveil.example>;tag={}\r\n\
+         Call-ID: call-14\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        ok.to().tag().unwrap()
+    );
+    sim.carrier_sends(bye.into_bytes());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+    let bye_at_pbx = sim.net.sent_between(PROXY, PBX1).into_iter().find(|m| m.method() == Some(&Method::Bye)).unwrap();
+    assert_eq!(bye_at_pbx.request_uri().unwrap().raw, format!("sip:pbx@{PBX1}"), "retargeted to the PBX Contact");
+    assert_eq!(sim.proxy.dialogs().len(), 0);
+
+    // A BYE for a dialog callveil does not know is answered 481.
+    let stray = format!(
+        "BYE sip:{CALLEE_USER}@{PROXY} SIP/2.0\r\nVia: SIP/2.0/UDP {CARRIER};branch=z9hG4bKnr3\r\nMax-Forwards: 70\r\n\
+         From: <sip:a@carrier.example>;tag=x\r\nTo: <sip:b@callveil.example>;tag=y\r\n\
+         Call-ID: nope\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    sim.carrier_sends(stray.into_bytes());
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(finals(&sim.carrier, Method::Bye), vec![200, 481]);
+}
+
+#[test]
+fn bye_from_the_pbx_side_reaches_the_caller() {
+    let mut sim = Sim::new(15, &[UasMode::Answer]);
+    sim.carrier_sends(invite("call-15", "z9hG4bKpb1", 1));
+    sim.run_for(Duration::from_secs(2));
+    let inv = sim.net.sent_between(PROXY, PBX1).into_iter().find(|m| m.method() == Some(&Method::Invite)).unwrap();
+    let ok = sim.carrier.last_final_200.clone().unwrap();
+    let routes: String = inv.record_routes().iter().map(|r| format!("Route: <{}>\r\n", r.uri.raw)).collect();
+    let bye = format!(
+        "BYE sip:{CALLER_NUMBER}@{CARRIER} SIP/2.0\r\nVia: SIP/2.0/UDP {PBX1};branch=z9hG4bKpb2\r\nMax-Forwards: 70\r\n{routes}\
+         From: <sip:{CALLEE_USER}@callveil.example>;tag={}\r\nTo: <sip:{CALLER_NUMBER}@carrier.example>;tag=from1\r\n\
+         Call-ID: call-15\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        ok.to().tag().unwrap()
+    );
+    let now = sim.now;
+    sim.pbx[0].send_request(now, &mut sim.net, PROXY, bye.into_bytes());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(count(&sim.carrier.requests, Method::Bye), 1);
+    let bye_at_carrier =
+        sim.net.sent_between(PROXY, CARRIER).into_iter().find(|m| m.method() == Some(&Method::Bye)).unwrap();
+    assert!(bye_at_carrier.routes().is_empty(), "our Route was popped");
+    assert_eq!(finals(&sim.pbx[0], Method::Bye), vec![200]);
+    assert_eq!(sim.proxy.dialogs().len(), 0);
+}

@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::metrics::{CallOutcome, SipMetrics};
 use crate::pii::Pii;
 use crate::sip::sdp::Leg;
+use crate::sip::Peer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialogState {
@@ -38,6 +39,24 @@ pub struct Dialog {
     pub callee: Pii<String>,
     pub started: Instant,
     pub answered: Option<Instant>,
+    /// Where each leg can be reached: its Contact URI and the address its messages came from
+    /// (caller) or went to (callee). Used only to route in-dialog requests from user agents that
+    /// ignore Record-Route and send them to callveil without a Route header.
+    pub caller_contact: Option<Pii<String>>,
+    pub caller_peer: Option<Peer>,
+    pub callee_contact: Option<Pii<String>>,
+    pub callee_peer: Option<Peer>,
+}
+
+/// Everything the proxy records about a new INVITE.
+#[derive(Debug, Clone)]
+pub struct NewCall<'a> {
+    pub call_id: &'a str,
+    pub caller_tag: &'a str,
+    pub caller: Pii<String>,
+    pub callee: Pii<String>,
+    pub caller_contact: Option<Pii<String>>,
+    pub caller_peer: Peer,
 }
 
 /// All dialogs of one proxy.
@@ -65,22 +84,36 @@ impl Dialogs {
     }
 
     /// An initial INVITE was forwarded. A repeated call (same Call-ID) keeps the first record.
-    pub fn invite(&mut self, now: Instant, call_id: &str, caller_tag: &str, caller: Pii<String>, callee: Pii<String>) {
-        if self.by_call_id.contains_key(call_id) {
+    pub fn invite(&mut self, now: Instant, call: NewCall<'_>) {
+        if self.by_call_id.contains_key(call.call_id) {
             return;
         }
         self.metrics.dialogs_active.inc();
         self.by_call_id.insert(
-            call_id.to_string(),
+            call.call_id.to_string(),
             Dialog {
                 state: DialogState::Trying,
-                caller_tag: caller_tag.to_string(),
-                caller,
-                callee,
+                caller_tag: call.caller_tag.to_string(),
+                caller: call.caller,
+                callee: call.callee,
                 started: now,
                 answered: None,
+                caller_contact: call.caller_contact,
+                caller_peer: Some(call.caller_peer),
+                callee_contact: None,
+                callee_peer: None,
             },
         );
+    }
+
+    /// The callee leg answered from `peer` with this Contact (on a 1xx with tag or a 2xx).
+    pub fn callee_reached(&mut self, call_id: &str, contact: Option<Pii<String>>, peer: Peer) {
+        if let Some(d) = self.by_call_id.get_mut(call_id) {
+            if contact.is_some() {
+                d.callee_contact = contact;
+            }
+            d.callee_peer = Some(peer);
+        }
     }
 
     /// Which leg sent a request that carries `from_tag` in its From header.
@@ -141,7 +174,16 @@ mod tests {
         let m = Metrics::new();
         let mut d = Dialogs::new(m.sip.clone());
         let t0 = Instant::now();
-        d.invite(t0, "c1", "ft", Pii::new("+34600".into()), Pii::new("100".into()));
+        let peer = Peer::udp("127.0.0.1:5061".parse().unwrap());
+        let call = |id, tag| NewCall {
+            call_id: id,
+            caller_tag: tag,
+            caller: Pii::new("+34600".into()),
+            callee: Pii::new("100".into()),
+            caller_contact: None,
+            caller_peer: peer,
+        };
+        d.invite(t0, call("c1", "ft"));
         assert_eq!(d.leg_of_request("c1", Some("ft")), Leg::Caller);
         assert_eq!(d.leg_of_request("c1", Some("tt")), Leg::Callee);
         d.invite_response(t0, "c1", 180, true);
@@ -151,7 +193,7 @@ mod tests {
         assert_eq!(d.get("c1").unwrap().state, DialogState::Confirmed);
         assert!(d.terminate("c1"));
         assert!(d.is_empty());
-        d.invite(t0, "c2", "a", Pii::new("x".into()), Pii::new("y".into()));
+        d.invite(t0, call("c2", "a"));
         d.invite_response(t0, "c2", 487, true);
         assert!(d.is_empty());
         let text = m.encode();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Endpoint, Route, Settings, Transport};
 use crate::metrics::SipMetrics;
 use crate::pii::Pii;
-use crate::sip::dialog::Dialogs;
+use crate::sip::dialog::{Dialogs, NewCall};
 use crate::sip::message::{self, Limits, Message, Method, Scheme, Uri, Via};
 use crate::sip::route::Router;
 use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
@@ -129,6 +129,16 @@ enum TimerRef {
     Server(TxId),
     Client(TxId),
     TimerC(TxId),
+}
+
+/// How a forwarded request differs from the received one, besides Via and Max-Forwards.
+#[derive(Debug, Default)]
+struct RequestEdits {
+    request_uri: Option<String>,
+    /// The previous hop was a strict router: the last Route value moved into the Request-URI.
+    strict_fixup: bool,
+    /// Leading Route values that name callveil and are popped (RFC 3261 §16.4).
+    own_routes: usize,
 }
 
 /// Where the next hop of a request is.
@@ -287,11 +297,13 @@ impl Proxy {
         // RFC 3261 §16.4: a Request-URI we put in a Record-Route means the previous hop is a
         // strict router; the real target is the last Route value.
         let mut rewrite_ruri: Option<String> = None;
+        let mut strict_fixup = false;
         let mut routes: Vec<&message::NameAddr> = req.routes().iter().collect();
         if let Some(uri) = req.request_uri() {
             if self.is_ours(uri) && uri.user.is_none() && !routes.is_empty() && req.to().tag().is_some() {
                 if let Some(last) = routes.pop() {
                     rewrite_ruri = Some(last.uri.raw.clone());
+                    strict_fixup = true;
                 }
             }
         }
@@ -309,11 +321,25 @@ impl Proxy {
                 self.respond(now, id, &req, 400, "Bad Request (no Request-URI)", &[]);
                 return;
             };
-            if self.is_ours(uri) && (uri.user.is_none() || in_dialog) {
+            if self.is_ours(uri) && in_dialog {
+                match self.dialog_target(&req) {
+                    Some((peer, target)) => {
+                        rewrite_ruri = target;
+                        NextHop::Peer(peer)
+                    }
+                    None if uri.user.is_none() => {
+                        self.answer_locally(now, id, &req, &method);
+                        return;
+                    }
+                    None => {
+                        self.respond(now, id, &req, 481, "Call/Transaction Does Not Exist", &[]);
+                        return;
+                    }
+                }
+            } else if self.is_ours(uri) && uri.user.is_none() {
                 self.answer_locally(now, id, &req, &method);
                 return;
-            }
-            if in_dialog {
+            } else if in_dialog {
                 next_hop(uri)
             } else {
                 let user = match uri.scheme {
@@ -350,8 +376,17 @@ impl Proxy {
         if initial_invite {
             let caller = req.from().uri.user.clone().unwrap_or_default();
             let callee = req.request_uri().and_then(|u| u.user.clone()).unwrap_or_default();
-            let tag = req.from().tag().unwrap_or("").to_string();
-            self.dialogs.invite(now, req.call_id(), &tag, Pii::new(caller), Pii::new(callee));
+            let caller_contact = req.contacts().first().map(|c| Pii::new(c.uri.raw.clone()));
+            let caller_peer = self.servers.get(&id).map_or(from, |s| s.peer);
+            let call = NewCall {
+                call_id: req.call_id(),
+                caller_tag: req.from().tag().unwrap_or(""),
+                caller: Pii::new(caller),
+                callee: Pii::new(callee),
+                caller_contact,
+                caller_peer,
+            };
+            self.dialogs.invite(now, call);
         }
         if let Some(e) = self.servers.get_mut(&id) {
             e.ctx = true;
@@ -374,7 +409,8 @@ impl Proxy {
                 timer_c: None,
             },
         );
-        self.forward_branch(now, id, peer, rewrite_ruri.as_deref(), own_routes);
+        let edits = RequestEdits { request_uri: rewrite_ruri, strict_fixup, own_routes };
+        self.forward_branch(now, id, peer, &edits);
     }
 
     /// RFC 3261 §16.3 checks, in its order. Returns the error to answer with.
@@ -407,6 +443,26 @@ impl Proxy {
         req.vias().iter().any(|v| self.is_our_via(v) && v.branch().is_some_and(|b| b.contains(&tag)))
     }
 
+    /// Routes an in-dialog request that reached callveil without a Route header (its sender
+    /// ignored Record-Route, as SIPp's built-in scenarios and some PBXs do): to the other leg's
+    /// Contact when it is reachable, else back to where that leg's messages came from. Returns the
+    /// next hop and the new Request-URI.
+    fn dialog_target(&self, req: &Message) -> Option<(Peer, Option<String>)> {
+        let d = self.dialogs.get(req.call_id())?;
+        let from_caller = self.dialogs.leg_of_request(req.call_id(), req.from().tag()) == Leg::Caller;
+        let (contact, peer) =
+            if from_caller { (&d.callee_contact, d.callee_peer) } else { (&d.caller_contact, d.caller_peer) };
+        let contact = contact.as_ref().and_then(|c| Uri::parse(c.expose()).ok());
+        if let Some(uri) = &contact {
+            if let NextHop::Peer(p) = next_hop(uri) {
+                if !self.is_ours(uri) {
+                    return Some((p, Some(uri.raw.clone())));
+                }
+            }
+        }
+        Some((peer?, contact.map(|u| u.raw)))
+    }
+
     fn answer_locally(&mut self, now: Instant, id: TxId, req: &Message, method: &Method) {
         match method {
             Method::Options => self.respond(
@@ -422,21 +478,20 @@ impl Proxy {
     }
 
     /// Sends the context's request to `peer` on a new client transaction.
-    fn forward_branch(&mut self, now: Instant, sid: TxId, peer: Peer, new_ruri: Option<&str>, own_routes: usize) {
+    fn forward_branch(&mut self, now: Instant, sid: TxId, peer: Peer, edits: &RequestEdits) {
         let Some(ctx) = self.contexts.get(&sid) else { return };
         let req = &ctx.request;
         let via_ep = self.local(peer.transport, peer.addr.ip());
         let branch = format!("z9hG4bK-{:016x}-{:x}{:x}", loop_hash(req), self.secret & 0xffff_ffff, self.next_id);
         let mut rw = req.rewrite();
-        if let Some(uri) = new_ruri {
+        if let Some(uri) = &edits.request_uri {
             rw = rw.request_uri(uri);
-            // the last Route became the Request-URI
-            let n = req.routes().len();
-            if n > 0 {
+            if edits.strict_fixup {
+                // the last Route became the Request-URI
                 rw = rw.remove_last_route();
             }
         }
-        for _ in 0..own_routes {
+        for _ in 0..edits.own_routes {
             rw = rw.pop_route();
         }
         rw = rw.max_forwards(req.max_forwards().map_or(70, |m| m.saturating_sub(1)));
@@ -531,14 +586,21 @@ impl Proxy {
         }
         let routes: Vec<&message::NameAddr> = req.routes().iter().collect();
         let own_routes = routes.iter().take_while(|r| self.is_ours(&r.uri)).count();
+        let mut retarget = None;
         let hop = match routes.get(own_routes) {
             Some(r) => next_hop(&r.uri),
             None => match req.request_uri() {
                 Some(uri) if !self.is_ours(uri) => next_hop(uri),
-                _ => {
-                    self.metrics.drop("ack_for_us");
-                    return;
-                }
+                _ => match self.dialog_target(&req) {
+                    Some((peer, target)) => {
+                        retarget = target;
+                        NextHop::Peer(peer)
+                    }
+                    None => {
+                        self.metrics.drop("ack_without_dialog");
+                        return;
+                    }
+                },
             },
         };
         let NextHop::Peer(peer) = hop else {
@@ -551,6 +613,9 @@ impl Proxy {
         let branch = format!("z9hG4bK-{:016x}-s{:x}", loop_hash(&req), h.finish());
         let via_ep = self.local(peer.transport, peer.addr.ip());
         let mut rw = req.rewrite();
+        if let Some(target) = &retarget {
+            rw = rw.request_uri(target);
+        }
         for _ in 0..own_routes {
             rw = rw.pop_route();
         }
@@ -669,6 +734,7 @@ impl Proxy {
                 entry.txn.set_ack(ack);
             }
         }
+        let branch_peer = entry.peer;
         let role_server = match entry.role {
             ClientRole::Forward { server } => Some(server),
             ClientRole::Cancel => None,
@@ -687,11 +753,11 @@ impl Proxy {
             }
             return;
         }
-        self.branch_response(now, sid, resp, code);
+        self.branch_response(now, sid, branch_peer, resp, code);
     }
 
     /// RFC 3261 §16.7 for one response delivered by the current branch.
-    fn branch_response(&mut self, now: Instant, sid: TxId, resp: Message, code: u16) {
+    fn branch_response(&mut self, now: Instant, sid: TxId, branch_peer: Peer, resp: Message, code: u16) {
         let Some(ctx) = self.contexts.get_mut(&sid) else { return };
         match code {
             100 => {}
@@ -705,6 +771,10 @@ impl Proxy {
                 let cancel_now = first && ctx.cancelled && !ctx.cancel_sent;
                 if ctx.initial_invite {
                     self.dialogs.invite_response(now, resp.call_id(), code, resp.to().tag().is_some());
+                    if resp.to().tag().is_some() {
+                        let contact = resp.contacts().first().map(|c| Pii::new(c.uri.raw.clone()));
+                        self.dialogs.callee_reached(resp.call_id(), contact, branch_peer);
+                    }
                 }
                 self.forward_response(now, sid, &resp, code);
                 if cancel_now {
@@ -716,6 +786,8 @@ impl Proxy {
                 ctx.timer_c = None;
                 if ctx.initial_invite {
                     self.dialogs.invite_response(now, resp.call_id(), code, true);
+                    let contact = resp.contacts().first().map(|c| Pii::new(c.uri.raw.clone()));
+                    self.dialogs.callee_reached(resp.call_id(), contact, branch_peer);
                 }
                 if ctx.method == Method::Bye && self.dialogs.terminate(resp.call_id()) {
                     self.anchor.release(resp.call_id());
@@ -743,7 +815,8 @@ impl Proxy {
             if let Some(ep) = ctx.remaining.pop_front() {
                 self.metrics.failovers.inc();
                 tracing::info!(upstream = %ep, "failing over to the next upstream");
-                self.forward_branch(now, sid, Peer { transport: ep.transport, addr: ep.addr, conn: None }, None, 0);
+                let peer = Peer { transport: ep.transport, addr: ep.addr, conn: None };
+                self.forward_branch(now, sid, peer, &RequestEdits::default());
                 return;
             }
         }
