@@ -347,3 +347,25 @@ fn bye_from_the_pbx_side_reaches_the_caller() {
     assert_eq!(finals(&sim.pbx[0], Method::Bye), vec![200]);
     assert_eq!(sim.proxy.dialogs().len(), 0);
 }
+
+#[test]
+fn transport_error_fails_over_at_once() {
+    let mut sim = Sim::new(16, &[UasMode::Silent, UasMode::Answer]);
+    sim.carrier_sends(invite("call-16", "z9hG4bKte1", 1));
+    sim.run_for(Duration::from_millis(10));
+    // The driver reports that PBX1 cannot be reached (e.g. TCP connect refused).
+    let now = sim.now;
+    sim.proxy.transport_error(now, callveil::sip::Peer::udp(addr(PBX1)));
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200], "answered by PBX2 well before Timer B");
+    assert_eq!(sim.metric("callveil_sip_failovers_total"), Some(1.0));
+
+    // With no upstream left, the caller gets 503 at once.
+    let mut sim = Sim::new(17, &[UasMode::Silent]);
+    sim.carrier_sends(invite("call-17", "z9hG4bKte2", 1));
+    sim.run_for(Duration::from_millis(10));
+    let now = sim.now;
+    sim.proxy.transport_error(now, callveil::sip::Peer::udp(addr(PBX1)));
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![503]);
+}

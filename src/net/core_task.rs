@@ -104,13 +104,16 @@ impl<C: SipCore> CoreTask<C> {
                 self.core.handle_message(Instant::now(), Peer::tcp(peer, Some(id)), &bytes);
             }
             Event::Closed { id, established } => {
-                if let Some(conn) = self.conns.remove(&id) {
+                let peer = self.conns.remove(&id).map(|conn| {
                     if self.by_addr.get(&conn.peer) == Some(&id) {
                         self.by_addr.remove(&conn.peer);
                     }
-                }
+                    conn.peer
+                });
                 if established {
                     self.core.connection_closed(id);
+                } else if let Some(peer) = peer {
+                    self.core.transport_error(Instant::now(), Peer::tcp(peer, None));
                 }
             }
         }
@@ -133,6 +136,7 @@ impl<C: SipCore> CoreTask<C> {
         if let Err(e) = bound.socket.send_to(&t.bytes, t.to.addr).await {
             self.shared.metrics.drop("udp_send_failed");
             tracing::debug!(error = %e.kind(), "UDP send failed");
+            self.core.transport_error(Instant::now(), t.to);
         }
     }
 

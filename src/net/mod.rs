@@ -42,6 +42,10 @@ pub trait SipCore {
     fn poll_transmit(&mut self) -> Option<Transmit>;
     /// The earliest deadline, if any.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// A message to `to` could not be sent (TCP connect refused or timed out, UDP send error).
+    /// RFC 3261 §8.1.3.1 treats this like a 503 from that peer, so the proxy can fail over at
+    /// once instead of waiting for Timer B.
+    fn transport_error(&mut self, _now: Instant, _to: Peer) {}
 }
 
 impl SipCore for Proxy {
@@ -63,6 +67,10 @@ impl SipCore for Proxy {
 
     fn poll_timeout(&self) -> Option<Instant> {
         Proxy::poll_timeout(self)
+    }
+
+    fn transport_error(&mut self, now: Instant, to: Peer) {
+        Proxy::transport_error(self, now, to)
     }
 }
 

@@ -122,6 +122,8 @@ struct Context {
     initial_invite: bool,
     record_route: bool,
     timer_c: Option<Instant>,
+    /// The last branch failed at the transport layer (no response at all).
+    unreachable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -231,6 +233,34 @@ impl Proxy {
         for entry in self.servers.values_mut() {
             if entry.peer.conn == Some(conn) {
                 entry.peer.conn = None;
+            }
+        }
+    }
+
+    /// Sending to `to` failed (TCP connect refused or timed out, UDP send error). Client
+    /// transactions toward that peer end as if it had answered 503 (RFC 3261 §8.1.3.1), so an
+    /// INVITE fails over to the next upstream at once.
+    pub fn transport_error(&mut self, now: Instant, to: Peer) {
+        let hit: Vec<TxId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.peer.addr == to.addr && c.peer.transport == to.transport && !c.txn.is_terminated())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in hit {
+            let Some(entry) = self.clients.get_mut(&id) else { continue };
+            entry.txn.on_transport_error();
+            let server = match entry.role {
+                ClientRole::Forward { server } => Some(server),
+                ClientRole::Cancel => None,
+            };
+            self.flush_client(now, id);
+            let Some(sid) = server else { continue };
+            let Some(ctx) = self.contexts.get_mut(&sid) else { continue };
+            if ctx.branch == Some(id) {
+                ctx.unreachable = true;
+                let failover = !ctx.cancelled;
+                self.next_branch_or_final(now, sid, failover);
             }
         }
     }
@@ -407,6 +437,7 @@ impl Proxy {
                 initial_invite,
                 record_route,
                 timer_c: None,
+                unreachable: false,
             },
         );
         let edits = RequestEdits { request_uri: rewrite_ruri, strict_fixup, own_routes };
@@ -542,6 +573,7 @@ impl Proxy {
         self.metrics.transactions_in_flight.inc();
         if let Some(ctx) = self.contexts.get_mut(&sid) {
             ctx.branch = Some(cid);
+            ctx.unreachable = false;
             ctx.provisional = false;
             ctx.cancel_sent = false;
             if initial_invite {
@@ -821,6 +853,7 @@ impl Proxy {
             }
         }
         let cancelled = ctx.cancelled;
+        let unreachable = ctx.unreachable;
         let best = ctx.best.take();
         let call_id = ctx.request.call_id().to_string();
         let initial_invite = ctx.initial_invite;
@@ -844,7 +877,7 @@ impl Proxy {
                     self.anchor.release(&call_id);
                 }
             }
-            None if method != Method::Invite => {
+            None if method != Method::Invite && !unreachable => {
                 // RFC 4320 §4.2: no 408 to a non-INVITE request; its client has given up at the
                 // same moment. The server transaction is simply ended.
                 if let Some(entry) = self.servers.get_mut(&sid) {
@@ -853,7 +886,13 @@ impl Proxy {
                 self.flush_server(now, sid);
             }
             None => {
-                let (code, reason) = if cancelled { (487, "Request Terminated") } else { (408, "Request Timeout") };
+                let (code, reason) = if cancelled {
+                    (487, "Request Terminated")
+                } else if unreachable {
+                    (503, "Service Unavailable (upstream unreachable)")
+                } else {
+                    (408, "Request Timeout")
+                };
                 let req = self.contexts.get(&sid).map(|c| c.request.clone());
                 if let Some(req) = req {
                     self.respond(now, sid, &req, code, reason, &[]);
