@@ -22,6 +22,7 @@ struct Log {
     messages: Vec<(Peer, Vec<u8>)>,
     timeouts: Vec<(Instant, Option<Instant>)>,
     closed: Vec<ConnId>,
+    transport_errors: Vec<Peer>,
 }
 
 /// Echoes every message as `SIP/2.0 200 OK` with its first line in `X-Echo`, except:
@@ -75,6 +76,10 @@ impl SipCore for TestCore {
 
     fn connection_closed(&mut self, conn: ConnId) {
         self.log.lock().unwrap().closed.push(conn);
+    }
+
+    fn transport_error(&mut self, _now: Instant, to: Peer) {
+        self.log.lock().unwrap().transport_errors.push(to);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -335,6 +340,10 @@ async fn outbound_connect_failure_is_counted() {
     eventually("connect failure counted", || h.metric("callveil_sip_dropped_total{kind=\"tcp_connect_failed\"} 1"))
         .await;
     assert!(h.log.lock().unwrap().closed.is_empty(), "the core never had that connection");
+    eventually("transport error reported to the core", || {
+        h.log.lock().unwrap().transport_errors.iter().any(|p| p.addr == gone_addr && p.transport == Transport::Tcp)
+    })
+    .await;
     h.driver.stop().await;
 }
 
