@@ -165,6 +165,7 @@ impl Dialogs {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
