@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Endpoint, Settings};
-use crate::metrics::{MethodLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
 use crate::net::{Driver, Listeners, NetConfig};
 use crate::sip::proxy::{Proxy, ProxyConfig};
@@ -54,7 +54,6 @@ impl Running {
 /// Binds and starts everything, then returns. Must run inside a Tokio runtime.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
-    prime(&metrics);
     let listeners = Listeners::bind(&settings.sip_listen, NetConfig::from_settings(&settings))
         .await
         .context("binding the SIP listeners")?;
@@ -125,13 +124,5 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-/// Exports zero for the common request methods from startup, so `rate()` and absence alerts work
-/// before the first call instead of seeing a missing series.
-fn prime(metrics: &Metrics) {
-    for method in ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"] {
-        let _ = metrics.sip.requests.get_or_create(&MethodLabels { method: method.to_string() });
     }
 }

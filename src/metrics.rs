@@ -104,6 +104,20 @@ impl SipMetrics {
         self.calls.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    /// Exports zero for the common series from startup, so `rate()` and absence alerts work
+    /// before the first call instead of seeing a missing series.
+    fn prime(&self) {
+        for method in ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS"] {
+            let _ = self.requests.get_or_create(&MethodLabels { method: method.to_string() });
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"] {
+            let _ = self.responses.get_or_create(&ClassLabels { class: class.to_string() });
+        }
+        for outcome in [CallOutcome::Answered, CallOutcome::Cancelled, CallOutcome::Rejected, CallOutcome::TimedOut] {
+            let _ = self.calls.get_or_create(&OutcomeLabels { outcome });
+        }
+    }
+
     fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("sip");
         r.register("requests", "SIP requests received, by method", self.requests.clone());
@@ -149,6 +163,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("callveil");
         let sip = SipMetrics::default();
         sip.register(&mut registry);
+        sip.prime();
         Metrics { registry, sip }
     }
 
