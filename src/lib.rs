@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod net;
 pub mod pii;
 pub mod sip;
+pub mod vault;
