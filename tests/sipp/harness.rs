@@ -153,12 +153,22 @@ pub fn free_ports(n: u16) -> u16 {
     panic!("no free port range of {n} on 127.0.0.1 after 200 tries");
 }
 
-/// True once something holds `port` for `transport` (our own bind attempt fails).
-fn port_taken(transport: Transport, port: u16) -> bool {
-    match transport {
-        Transport::Udp => UdpSocket::bind((LOCALHOST, port)).is_err(),
-        Transport::Tcp => TcpListener::bind((LOCALHOST, port)).is_err(),
-    }
+/// True once a socket is bound to 127.0.0.1:`port` (UDP) or listening on it (TCP), read from
+/// /proc/net so as not to bind the port ourselves: a probe bind could win the race against the
+/// process starting up, which would then fail to bind.
+fn listening(transport: Transport, port: u16) -> bool {
+    let (table, state) = match transport {
+        Transport::Udp => ("/proc/net/udp", None),
+        Transport::Tcp => ("/proc/net/tcp", Some("0A")),
+    };
+    let Ok(text) = fs::read_to_string(table) else { return false };
+    let local = format!("0100007F:{port:04X}");
+    text.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let addr = fields.next();
+        let st = fields.nth(1);
+        addr == Some(local.as_str()) && state.is_none_or(|want| st == Some(want))
+    })
 }
 
 /// A child process in its own process group, killed with the group on drop.
@@ -480,7 +490,7 @@ impl Uas {
 
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !port_taken(self.cmd.transport, self.cmd.local_port) {
+        while !listening(self.cmd.transport, self.cmd.local_port) {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait() {
                     panic!("{} exited early with {status}\n{}", self.name, self.cmd.diagnostics());
@@ -616,7 +626,7 @@ impl Proxy {
         redirect(&mut cmd, &log);
         let mut proxy = Proxy { child: Guarded::spawn("callveil", cmd), port, log };
         proxy.wait_ready("callveil", |p| {
-            http_get_ok(metrics_port, "/metrics") && port_taken(Transport::Udp, p) && port_taken(Transport::Tcp, p)
+            http_get_ok(metrics_port, "/metrics") && listening(Transport::Udp, p) && listening(Transport::Tcp, p)
         });
         proxy
     }
