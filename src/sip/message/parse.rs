@@ -449,6 +449,39 @@ v=0\r\nEXTRA";
     }
 
     #[test]
+    fn limits() {
+        let small = |m, h, hb, b| Limits { max_message: m, max_headers: h, max_header_bytes: hb, max_body: b };
+        let d = Limits::default();
+        assert_eq!(parse(INVITE, &small(100, 256, 16384, 100)).unwrap_err(), ParseError::TooLarge { limit: 100 });
+        assert_eq!(
+            parse(INVITE, &Limits { max_headers: 5, ..d }).unwrap_err(),
+            ParseError::TooManyHeaders { limit: 5 }
+        );
+        assert_eq!(
+            parse(INVITE, &Limits { max_header_bytes: 200, ..d }).unwrap_err(),
+            ParseError::HeadersTooLarge { limit: 200 }
+        );
+        assert_eq!(parse(INVITE, &Limits { max_body: 3, ..d }).unwrap_err(), ParseError::BodyTooLarge { limit: 3 });
+        let no_cl = b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\n\r\n0123456789";
+        assert_eq!(parse(no_cl, &Limits { max_body: 9, ..d }).unwrap_err(), ParseError::BodyTooLarge { limit: 9 });
+        assert_eq!(parse(no_cl, &d).unwrap().body(), b"0123456789");
+        let long_uri = format!("OPTIONS sip:{}@b SIP/2.0\r\n\r\n", "a".repeat(MAX_REQUEST_URI));
+        assert_eq!(parse(long_uri.as_bytes(), &d).unwrap_err(), ParseError::UriTooLong);
+        assert_eq!(parse(b"\r\n\r\n", &d).unwrap_err(), ParseError::Empty);
+        assert_eq!(parse(b"OPTIONS sip:a@b SIP/2.0", &d).unwrap_err(), ParseError::Unterminated);
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(Method::from_token("INVITE"), Some(Method::Invite));
+        assert_eq!(Method::from_token("invite"), Some(Method::Other("invite".into())));
+        assert_eq!(Method::from_token("IN VITE"), None);
+        assert_eq!(Method::from_token(""), None);
+        assert_eq!(Method::Prack.to_string(), "PRACK");
+        assert_eq!(Method::Other("FOO".into()).as_str(), "FOO");
+    }
+
+    #[test]
     fn numbers() {
         assert_eq!(parse_number("0068"), Some(68));
         assert_eq!(parse_number("4294967295"), Some(u32::MAX));
