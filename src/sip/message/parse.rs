@@ -57,7 +57,7 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
     let start = parse_start(b.get(first.content.clone()).unwrap_or_default())?;
 
     // Header lines, folding continuation lines into the field they continue.
-    let mut headers: Vec<Header> = Vec::new();
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
     let mut pos = first.next;
     let body_start = loop {
         let Some(line) = next_line(b, pos) else {
@@ -78,6 +78,7 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
         if content.first().copied().is_some_and(is_ws) {
             let h = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
             h.line.end = line.next;
+            h.folded = true;
             if let Value::Span(v) = &mut h.value {
                 v.end = line.content.end;
             }
@@ -104,31 +105,25 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
             value: Value::Span(line.content.start + colon + 1..line.content.end),
             kind,
             elems: 0..0,
+            folded: false,
         });
         pos = line.next;
     };
-    for h in &mut headers {
-        finish_value(b, h);
-    }
-
     let mut f = Fields::default();
-    for i in 0..headers.len() {
-        let Some(h) = headers.get(i) else { break };
+    for h in &mut headers {
+        let text = finish_value(b, h);
         if h.kind == Known::Other {
             continue;
         }
         // Owned fields must be text; other fields may carry any bytes and are passed through.
-        if b.get(h.line.clone()).is_none_or(|l| std::str::from_utf8(l).is_err()) {
+        if !text {
             return Err(ParseError::BadHeader(h.kind.name()));
         }
         let value = match &h.value {
             Value::Span(r) => b.get(r.clone()).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default(),
             Value::Owned(s) => s,
         };
-        let elems = f.add(h.kind, value)?;
-        if let Some(h) = headers.get_mut(i) {
-            h.elems = elems;
-        }
+        h.elems = f.add(h.kind, value)?;
     }
 
     let (from, to, call_id, cseq) = match (f.from, f.to, f.call_id, f.cseq) {
@@ -176,19 +171,21 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
 }
 
 /// Turns the provisional value range into a trimmed span, or an owned unfolded/repaired copy.
-fn finish_value(b: &[u8], h: &mut Header) {
-    let Value::Span(r) = h.value.clone() else { return };
+/// Returns whether the value was valid UTF-8.
+fn finish_value(b: &[u8], h: &mut Header) -> bool {
+    let Value::Span(r) = h.value.clone() else { return true };
     let r = trim_range(b, r);
     let raw = b.get(r.clone()).unwrap_or_default();
-    let folded = raw.contains(&b'\n');
     match std::str::from_utf8(raw) {
-        Ok(_) if !folded => h.value = Value::Span(r),
+        Ok(_) if !h.folded => h.value = Value::Span(r),
         Ok(s) => h.value = Value::Owned(unfold(s).into_boxed_str()),
         Err(_) => {
             let lossy = String::from_utf8_lossy(raw);
-            h.value = Value::Owned(if folded { unfold(&lossy) } else { lossy.into_owned() }.into_boxed_str());
+            h.value = Value::Owned(if h.folded { unfold(&lossy) } else { lossy.into_owned() }.into_boxed_str());
+            return false;
         }
     }
+    true
 }
 
 /// Replaces each line end and the whitespace after it by one space (RFC 3261 §7.3.1).
