@@ -3,8 +3,9 @@
 //!
 //! Every header line is recorded as a span so [`super::Rewrite`] can copy it untouched. Only the
 //! owned fields must be valid; other fields may hold any bytes, including invalid UTF-8. The
-//! order of checks decides which fault is reported when a message has several: size limits,
-//! then the start line, then header fields in order, then missing fields, then the body.
+//! order of checks decides which fault is reported when a message has several: the message size,
+//! the start line, the header block's framing and limits, the owned fields in order of
+//! appearance, missing fields, the CSeq method, and last the body.
 
 use std::ops::Range;
 
