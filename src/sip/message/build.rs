@@ -10,18 +10,20 @@ use super::headers::{expand, is_token};
 use super::uri::parse_name_addr;
 use super::{Message, ParseError};
 
+fn push_clean(out: &mut Vec<u8>, text: &str) {
+    out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+}
+
 fn push_line(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(name.as_bytes());
+    push_clean(out, name);
     out.extend_from_slice(b": ");
-    for &b in value.as_bytes() {
-        out.push(if b == b'\r' || b == b'\n' { b' ' } else { b });
-    }
+    push_clean(out, value);
     out.extend_from_slice(b"\r\n");
 }
 
 fn start(out: &mut Vec<u8>, parts: &[&str]) {
     for p in parts {
-        out.extend(p.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        push_clean(out, p);
     }
     out.extend_from_slice(b"\r\n");
 }

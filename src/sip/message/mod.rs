@@ -168,6 +168,8 @@ struct Header {
     kind: Known,
     /// For Via and Route: the values of this line in `Message::vias` / `Message::routes`.
     elems: Range<usize>,
+    /// Continuation lines follow the first line.
+    folded: bool,
 }
 
 /// A parsed message. It owns a copy of its bytes; every accessor borrows from it.

@@ -3,8 +3,9 @@
 //!
 //! Every header line is recorded as a span so [`super::Rewrite`] can copy it untouched. Only the
 //! owned fields must be valid; other fields may hold any bytes, including invalid UTF-8. The
-//! order of checks decides which fault is reported when a message has several: size limits,
-//! then the start line, then header fields in order, then missing fields, then the body.
+//! order of checks decides which fault is reported when a message has several: the message size,
+//! the start line, the header block's framing and limits, the owned fields in order of
+//! appearance, missing fields, the CSeq method, and last the body.
 
 use std::ops::Range;
 
@@ -57,7 +58,7 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
     let start = parse_start(b.get(first.content.clone()).unwrap_or_default())?;
 
     // Header lines, folding continuation lines into the field they continue.
-    let mut headers: Vec<Header> = Vec::new();
+    let mut headers: Vec<Header> = Vec::with_capacity(16);
     let mut pos = first.next;
     let body_start = loop {
         let Some(line) = next_line(b, pos) else {
@@ -78,6 +79,7 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
         if content.first().copied().is_some_and(is_ws) {
             let h = headers.last_mut().ok_or(ParseError::BadHeaderLine)?;
             h.line.end = line.next;
+            h.folded = true;
             if let Value::Span(v) = &mut h.value {
                 v.end = line.content.end;
             }
@@ -104,31 +106,25 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
             value: Value::Span(line.content.start + colon + 1..line.content.end),
             kind,
             elems: 0..0,
+            folded: false,
         });
         pos = line.next;
     };
-    for h in &mut headers {
-        finish_value(b, h);
-    }
-
     let mut f = Fields::default();
-    for i in 0..headers.len() {
-        let Some(h) = headers.get(i) else { break };
+    for h in &mut headers {
+        let text = finish_value(b, h);
         if h.kind == Known::Other {
             continue;
         }
         // Owned fields must be text; other fields may carry any bytes and are passed through.
-        if b.get(h.line.clone()).is_none_or(|l| std::str::from_utf8(l).is_err()) {
+        if !text {
             return Err(ParseError::BadHeader(h.kind.name()));
         }
         let value = match &h.value {
             Value::Span(r) => b.get(r.clone()).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default(),
             Value::Owned(s) => s,
         };
-        let elems = f.add(h.kind, value)?;
-        if let Some(h) = headers.get_mut(i) {
-            h.elems = elems;
-        }
+        h.elems = f.add(h.kind, value)?;
     }
 
     let (from, to, call_id, cseq) = match (f.from, f.to, f.call_id, f.cseq) {
@@ -176,19 +172,21 @@ pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Message, ParseError
 }
 
 /// Turns the provisional value range into a trimmed span, or an owned unfolded/repaired copy.
-fn finish_value(b: &[u8], h: &mut Header) {
-    let Value::Span(r) = h.value.clone() else { return };
+/// Returns whether the value was valid UTF-8.
+fn finish_value(b: &[u8], h: &mut Header) -> bool {
+    let Value::Span(r) = h.value.clone() else { return true };
     let r = trim_range(b, r);
     let raw = b.get(r.clone()).unwrap_or_default();
-    let folded = raw.contains(&b'\n');
     match std::str::from_utf8(raw) {
-        Ok(_) if !folded => h.value = Value::Span(r),
+        Ok(_) if !h.folded => h.value = Value::Span(r),
         Ok(s) => h.value = Value::Owned(unfold(s).into_boxed_str()),
         Err(_) => {
             let lossy = String::from_utf8_lossy(raw);
-            h.value = Value::Owned(if folded { unfold(&lossy) } else { lossy.into_owned() }.into_boxed_str());
+            h.value = Value::Owned(if h.folded { unfold(&lossy) } else { lossy.into_owned() }.into_boxed_str());
+            return false;
         }
     }
+    true
 }
 
 /// Replaces each line end and the whitespace after it by one space (RFC 3261 §7.3.1).
@@ -446,6 +444,39 @@ v=0\r\nEXTRA";
         assert_eq!(m.cseq().seq, 2);
         assert!(m.raw().starts_with(b"OPTIONS"));
         assert!(m.body().is_empty());
+    }
+
+    #[test]
+    fn limits() {
+        let small = |m, h, hb, b| Limits { max_message: m, max_headers: h, max_header_bytes: hb, max_body: b };
+        let d = Limits::default();
+        assert_eq!(parse(INVITE, &small(100, 256, 16384, 100)).unwrap_err(), ParseError::TooLarge { limit: 100 });
+        assert_eq!(
+            parse(INVITE, &Limits { max_headers: 5, ..d }).unwrap_err(),
+            ParseError::TooManyHeaders { limit: 5 }
+        );
+        assert_eq!(
+            parse(INVITE, &Limits { max_header_bytes: 200, ..d }).unwrap_err(),
+            ParseError::HeadersTooLarge { limit: 200 }
+        );
+        assert_eq!(parse(INVITE, &Limits { max_body: 3, ..d }).unwrap_err(), ParseError::BodyTooLarge { limit: 3 });
+        let no_cl = b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\n\r\n0123456789";
+        assert_eq!(parse(no_cl, &Limits { max_body: 9, ..d }).unwrap_err(), ParseError::BodyTooLarge { limit: 9 });
+        assert_eq!(parse(no_cl, &d).unwrap().body(), b"0123456789");
+        let long_uri = format!("OPTIONS sip:{}@b SIP/2.0\r\n\r\n", "a".repeat(MAX_REQUEST_URI));
+        assert_eq!(parse(long_uri.as_bytes(), &d).unwrap_err(), ParseError::UriTooLong);
+        assert_eq!(parse(b"\r\n\r\n", &d).unwrap_err(), ParseError::Empty);
+        assert_eq!(parse(b"OPTIONS sip:a@b SIP/2.0", &d).unwrap_err(), ParseError::Unterminated);
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(Method::from_token("INVITE"), Some(Method::Invite));
+        assert_eq!(Method::from_token("invite"), Some(Method::Other("invite".into())));
+        assert_eq!(Method::from_token("IN VITE"), None);
+        assert_eq!(Method::from_token(""), None);
+        assert_eq!(Method::Prack.to_string(), "PRACK");
+        assert_eq!(Method::Other("FOO".into()).as_str(), "FOO");
     }
 
     #[test]
