@@ -1,0 +1,457 @@
+//! [`Anchor`]: the [`MediaAnchor`] the proxy calls for every SDP offer and answer.
+//!
+//! For each anchorable m-line it holds two port pairs, one facing each leg, and rewrites the
+//! description so each leg sends to the pair facing it; the relay forwards between the two. It
+//! runs inside the proxy's core task, so it never waits: ports come from the in-memory
+//! [`PortAllocator`], and everything else goes to a [`MediaBackend`] that must return at once
+//! (the real one, `net::rtp::MediaDriver`, binds the sockets and queues a command to a shard).
+//!
+//! Bind failures are handled at allocation, before any SDP leaves: the backend binds the pair
+//! synchronously (a bind is a non-blocking system call, microseconds), and when another process
+//! holds a port the pair goes to a long quarantine and the next pair is tried, up to
+//! [`BIND_ATTEMPTS`] times; then the offer is answered 503 (`AnchorError::Exhausted`). So a
+//! description never names a port callveil does not hold.
+//!
+//! Ports are released on every call end the proxy reports (BYE, CANCEL, failed INVITE, timeout)
+//! and on media inactivity, which the anchor reports back through
+//! [`MediaAnchor::handle_timeout`] so the proxy ends the call on both legs.
+//!
+//! Policy for media it cannot anchor (TCP-based transports such as BFCP or MSRP over TCP): the
+//! m-line is rejected with port 0, because media callveil cannot see cannot be recorded or
+//! redacted and must not flow around it. SRTP (RTP/SAVP with `a=crypto`) is relayed end to end
+//! unchanged; the tap then sees encrypted payloads and marks the stream untranscribable.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::config::PortRange;
+use crate::media::ports::PortAllocator;
+use crate::media::relay::{leg_index, Remote, StreamSetup};
+use crate::media::sdp::{self, MediaDesc, PortPlan};
+use crate::metrics::MediaMetrics;
+use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext};
+
+/// Pairs tried when binding fails before the offer is refused.
+pub const BIND_ATTEMPTS: usize = 8;
+/// How often the anchor asks for a check (inactive calls reported by the relay, quarantine).
+const TICK: Duration = Duration::from_secs(1);
+
+/// One anchored m-line of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub call: u64,
+    pub index: u8,
+}
+
+/// What the anchor needs from the media driver. Every method must return without waiting.
+pub trait MediaBackend: Send {
+    /// The sockets of one bound pair (RTP and RTCP), passed back in [`MediaBackend::open`].
+    type Pair: Send;
+    /// Binds RTP on `rtp_port` and RTCP on `rtp_port + 1`.
+    fn bind(&mut self, rtp_port: u16) -> std::io::Result<Self::Pair>;
+    /// Starts relaying a stream; `pairs` is indexed by the leg they face.
+    fn open(&mut self, key: StreamKey, pairs: [Self::Pair; 2], setup: StreamSetup);
+    fn update(&mut self, key: StreamKey, setup: StreamSetup);
+    /// Stops relaying and closes the stream's sockets.
+    fn close(&mut self, key: StreamKey);
+    /// A call the relay found without media, if any is pending.
+    fn poll_inactive(&mut self) -> Option<u64>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AnchorConfig {
+    pub advertise: IpAddr,
+    pub ports: PortRange,
+    pub quarantine: Duration,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Our RTP port facing each leg (RTCP is +1).
+    ports: [u16; 2],
+    setup: StreamSetup,
+}
+
+#[derive(Debug)]
+struct CallMedia {
+    key: u64,
+    streams: Vec<Option<Stream>>,
+}
+
+pub struct Anchor<B: MediaBackend> {
+    config: AnchorConfig,
+    ports: PortAllocator,
+    backend: B,
+    calls: HashMap<String, CallMedia>,
+    by_key: HashMap<u64, String>,
+    next_key: u64,
+    now: Instant,
+    metrics: MediaMetrics,
+}
+
+impl<B: MediaBackend> Anchor<B> {
+    /// `now` starts the anchor's clock; later times come from `handle_timeout`.
+    pub fn new(now: Instant, config: AnchorConfig, backend: B, metrics: MediaMetrics) -> Anchor<B> {
+        Anchor {
+            ports: PortAllocator::new(config.ports, config.quarantine),
+            config,
+            backend,
+            calls: HashMap::new(),
+            by_key: HashMap::new(),
+            next_key: 1,
+            now,
+            metrics,
+        }
+    }
+
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn gauges(&self) {
+        self.metrics.ports_in_use.set(self.ports.in_use() as i64);
+        self.metrics.ports_quarantined.set(self.ports.in_quarantine() as i64);
+    }
+
+    /// Allocates and binds one pair, skipping pairs that fail to bind.
+    fn bind_pair(&mut self) -> Result<(u16, B::Pair), AnchorError> {
+        for _ in 0..BIND_ATTEMPTS {
+            let Some(port) = self.ports.allocate(self.now) else {
+                return Err(AnchorError::Exhausted("no free media port pair".into()));
+            };
+            match self.backend.bind(port) {
+                Ok(pair) => return Ok((port, pair)),
+                Err(e) => {
+                    self.metrics.bind_failures.inc();
+                    tracing::warn!(port, error = %e.kind(), "media port pair cannot be bound; skipping it");
+                    self.ports.bind_failed(self.now, port);
+                }
+            }
+        }
+        Err(AnchorError::Exhausted("media ports cannot be bound".into()))
+    }
+
+    /// Both pairs of a new stream, or neither.
+    fn bind_two(&mut self) -> Result<[(u16, B::Pair); 2], AnchorError> {
+        let a = self.bind_pair()?;
+        match self.bind_pair() {
+            Ok(b) => Ok([a, b]),
+            Err(e) => {
+                self.ports.release(self.now, a.0);
+                Err(e)
+            }
+        }
+    }
+
+    fn remote(md: &MediaDesc) -> Remote {
+        let hold = md.on_hold();
+        let Some(ip) = md.addr.filter(|a| !a.is_unspecified()) else {
+            return Remote { rtp: None, rtcp: None, mux: md.rtcp_mux, hold };
+        };
+        let rtp = (md.port != 0).then(|| SocketAddr::new(ip, md.port));
+        let rtcp = match md.rtcp {
+            Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(ip), port)),
+            None => md.port.checked_add(1).filter(|_| md.port != 0).map(|p| SocketAddr::new(ip, p)),
+        };
+        Remote { rtp, rtcp, mux: md.rtcp_mux, hold }
+    }
+
+    fn release_call(&mut self, media: CallMedia) {
+        for (i, s) in media.streams.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            self.backend.close(StreamKey { call: media.key, index: i as u8 });
+            for p in s.ports {
+                self.ports.release(self.now, p);
+            }
+        }
+        self.by_key.remove(&media.key);
+        self.gauges();
+    }
+}
+
+impl<B: MediaBackend> MediaAnchor for Anchor<B> {
+    fn rewrite(&mut self, ctx: SdpContext<'_>, body: &[u8]) -> Result<Vec<u8>, AnchorError> {
+        let desc = sdp::parse(body)?;
+        let from = leg_index(ctx.from);
+        let toward = leg_index(ctx.from.other());
+        let mut media = match self.calls.remove(ctx.call_id) {
+            Some(m) => m,
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                CallMedia { key, streams: Vec::new() }
+            }
+        };
+        let mut plan = Vec::with_capacity(desc.media.len());
+        let mut result = Ok(());
+        for (i, md) in desc.media.iter().enumerate() {
+            if media.streams.len() <= i {
+                media.streams.push(None);
+            }
+            if !md.anchorable() {
+                plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Reject });
+                continue;
+            }
+            let remote = Self::remote(md);
+            let clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
+            let key = StreamKey { call: media.key, index: i as u8 };
+            match &mut media.streams[i] {
+                Some(s) => {
+                    s.setup.remote[from] = remote;
+                    s.setup.clock_rate = clock_rate;
+                    self.backend.update(key, s.setup);
+                    plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Anchor(s.ports[toward]) });
+                }
+                None if md.port == 0 => plan.push(PortPlan::Keep),
+                None => match self.bind_two() {
+                    Ok([(pa, sa), (pb, sb)]) => {
+                        let mut setup = StreamSetup { call: media.key, remote: [Remote::default(); 2], clock_rate };
+                        setup.remote[from] = remote;
+                        self.backend.open(key, [sa, sb], setup);
+                        media.streams[i] = Some(Stream { ports: [pa, pb], setup });
+                        plan.push(PortPlan::Anchor([pa, pb][toward]));
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
+            }
+        }
+        self.by_key.insert(media.key, ctx.call_id.to_string());
+        self.calls.insert(ctx.call_id.to_string(), media);
+        self.gauges();
+        result?;
+        sdp::rewrite(body, self.config.advertise, &plan)
+    }
+
+    fn release(&mut self, call_id: &str) {
+        if let Some(media) = self.calls.remove(call_id) {
+            self.release_call(media);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let quarantine = self.ports.next_expiry();
+        let tick = (!self.calls.is_empty()).then_some(self.now + TICK);
+        match (quarantine, tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        self.now = self.now.max(now);
+        let mut ended = Vec::new();
+        while let Some(key) = self.backend.poll_inactive() {
+            if let Some(call_id) = self.by_key.get(&key).cloned() {
+                if !ended.contains(&call_id) {
+                    self.metrics.inactivity_timeouts.inc();
+                    ended.push(call_id);
+                }
+            }
+        }
+        // expire quarantine here too, so poll_timeout moves on and the gauges stay right
+        self.ports.expire(self.now);
+        self.gauges();
+        ended
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // virtual time starts from one real instant
+mod tests {
+    use super::*;
+    use crate::sip::sdp::{Leg, SdpRole};
+    use std::collections::HashSet;
+
+    /// Records commands; ports in `taken` fail to bind.
+    #[derive(Default)]
+    struct Fake {
+        taken: HashSet<u16>,
+        open: HashMap<StreamKey, StreamSetup>,
+        inactive: Vec<u64>,
+    }
+
+    impl MediaBackend for Fake {
+        type Pair = u16;
+        fn bind(&mut self, rtp_port: u16) -> std::io::Result<u16> {
+            if self.taken.contains(&rtp_port) {
+                return Err(std::io::ErrorKind::AddrInUse.into());
+            }
+            Ok(rtp_port)
+        }
+        fn open(&mut self, key: StreamKey, _pairs: [u16; 2], setup: StreamSetup) {
+            assert!(self.open.insert(key, setup).is_none(), "opened twice");
+        }
+        fn update(&mut self, key: StreamKey, setup: StreamSetup) {
+            *self.open.get_mut(&key).expect("update of an unknown stream") = setup;
+        }
+        fn close(&mut self, key: StreamKey) {
+            assert!(self.open.remove(&key).is_some(), "closed twice");
+        }
+        fn poll_inactive(&mut self) -> Option<u64> {
+            self.inactive.pop()
+        }
+    }
+
+    fn anchor(first: u16, last: u16) -> (Anchor<Fake>, Instant) {
+        let t0 = Instant::now();
+        let cfg = AnchorConfig {
+            advertise: "203.0.113.1".parse().unwrap(),
+            ports: PortRange { first, last },
+            quarantine: Duration::from_secs(5),
+        };
+        (Anchor::new(t0, cfg, Fake::default(), MediaMetrics::default()), t0)
+    }
+
+    fn sdp(ip: &str, port: u16, extra: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n{extra}"
+        )
+        .into_bytes()
+    }
+
+    fn ctx(call_id: &str, from: Leg, role: SdpRole) -> SdpContext<'_> {
+        SdpContext { call_id, from, role }
+    }
+
+    fn m_port(body: &[u8]) -> u16 {
+        let d = sdp::parse(body).unwrap();
+        d.media[0].port
+    }
+
+    #[test]
+    fn offer_and_answer_get_one_pair_per_leg() {
+        let (mut a, _) = anchor(30000, 30099);
+        let offer = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        let answer = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let text = String::from_utf8(offer.clone()).unwrap();
+        assert!(text.contains("c=IN IP4 203.0.113.1\r\n"), "{text}");
+        // the callee is told the pair facing it; the caller the pair facing it
+        assert_eq!(m_port(&offer), 30002);
+        assert_eq!(m_port(&answer), 30000);
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert_eq!(setup.remote[0].rtp, Some("192.0.2.1:4000".parse().unwrap()));
+        assert_eq!(setup.remote[1].rtp, Some("198.51.100.2:5000".parse().unwrap()));
+        assert_eq!(setup.remote[1].rtcp, Some("198.51.100.2:5001".parse().unwrap()));
+        assert_eq!(a.ports().in_use(), 2);
+    }
+
+    #[test]
+    fn reinvite_hold_and_unhold_keep_the_ports() {
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        // the callee puts the call on hold with a re-INVITE, from a new port
+        let hold =
+            a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &sdp("198.51.100.2", 5100, "a=sendonly\r\n")).unwrap();
+        assert_eq!(m_port(&hold), 30000);
+        assert!(String::from_utf8(hold).unwrap().ends_with("a=sendonly\r\n"));
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert!(setup.remote[1].hold);
+        assert_eq!(setup.remote[1].rtp, Some("198.51.100.2:5100".parse().unwrap()));
+        let resume =
+            a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &sdp("198.51.100.2", 5100, "a=sendrecv\r\n")).unwrap();
+        assert_eq!(m_port(&resume), 30000);
+        assert!(!a.backend().open[&StreamKey { call: 1, index: 0 }].remote[1].hold);
+        assert_eq!(a.ports().in_use(), 2);
+    }
+
+    #[test]
+    fn added_and_rejected_streams() {
+        let (mut a, _) = anchor(30000, 30099);
+        let two = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\nm=message 4010 TCP/MSRP *\r\n";
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), two).unwrap();
+        let d = sdp::parse(&out).unwrap();
+        assert_eq!(d.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30002, 0, 0]);
+        assert_eq!(a.ports().in_use(), 2, "only the audio stream holds ports");
+        // re-INVITE enables video: it gets its own pairs
+        let video = b"v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=message 0 TCP/MSRP *\r\n";
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), video).unwrap();
+        let d = sdp::parse(&out).unwrap();
+        assert_eq!(d.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30002, 30006, 0]);
+        assert_eq!(a.ports().in_use(), 4);
+    }
+
+    #[test]
+    fn release_returns_every_port_after_quarantine() {
+        let (mut a, t0) = anchor(30000, 30099);
+        for i in 0..10 {
+            let id = format!("call-{i}");
+            a.rewrite(ctx(&id, Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        }
+        assert_eq!(a.ports().in_use(), 20);
+        for i in 0..10 {
+            a.release(&format!("call-{i}"));
+        }
+        a.release("never-existed");
+        assert_eq!(a.ports().in_use(), 0);
+        assert_eq!(a.ports().in_quarantine(), 20);
+        assert!(a.backend().open.is_empty());
+        assert_eq!(a.calls(), 0);
+        let t = a.poll_timeout().unwrap();
+        assert_eq!(t, t0 + Duration::from_secs(5));
+        a.handle_timeout(t);
+        assert_eq!(a.ports().in_quarantine(), 0);
+        assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn exhaustion_is_503_and_leaks_nothing() {
+        let (mut a, _) = anchor(30000, 30007); // 4 pairs: two streams
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        let e = a.rewrite(ctx("c3", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap_err();
+        assert_eq!(e.status().0, 503);
+        a.release("c3"); // what the proxy does after refusing
+        assert_eq!(a.ports().in_use(), 4);
+        assert_eq!(a.calls(), 2);
+    }
+
+    #[test]
+    fn bind_failure_skips_the_pair() {
+        let (mut a, _) = anchor(30000, 30099);
+        a.backend.taken.insert(30000);
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        assert_eq!(m_port(&out), 30004, "30000 is skipped; 30002 faces the caller");
+        assert_eq!(a.metrics.bind_failures.get(), 1);
+        // every port taken: refused after BIND_ATTEMPTS, nothing held
+        let (mut a, _) = anchor(30000, 30099);
+        a.backend.taken = (30000..30100).collect();
+        let e = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap_err();
+        assert_eq!(e.status().0, 503);
+        a.release("c1");
+        assert_eq!(a.ports().in_use(), 0);
+    }
+
+    #[test]
+    fn bad_sdp_is_488() {
+        let (mut a, _) = anchor(30000, 30099);
+        let e = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), b"v=0\r\nm=audio x RTP/AVP 0\r\n").unwrap_err();
+        assert_eq!(e.status().0, 488);
+        a.release("c1");
+        assert_eq!(a.ports().in_use(), 0);
+    }
+
+    #[test]
+    fn inactive_calls_are_reported_once_by_call_id() {
+        let (mut a, t0) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        assert_eq!(a.poll_timeout(), Some(t0 + TICK));
+        a.backend.inactive = vec![1, 1, 99];
+        assert_eq!(a.handle_timeout(t0 + TICK), vec!["c1".to_string()]);
+        assert_eq!(a.metrics.inactivity_timeouts.get(), 1);
+    }
+}
