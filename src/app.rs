@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Endpoint, Settings};
-use crate::metrics::Metrics;
-use crate::net::metrics_http::MetricsServer;
-use crate::net::{Driver, Listeners, NetConfig};
-use crate::sip::proxy::{Proxy, ProxyConfig};
 use crate::media::anchor::{Anchor, AnchorConfig};
 use crate::media::relay::RelayConfig;
+use crate::metrics::Metrics;
+use crate::net::metrics_http::MetricsServer;
 use crate::net::rtp::{MediaDriver, MediaShutdown};
+use crate::net::{Driver, Listeners, NetConfig};
+use crate::sip::proxy::{Proxy, ProxyConfig};
 
 /// A started callveil: SIP drivers and the metrics endpoint are serving.
 pub struct Running {
