@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{Endpoint, Settings};
-use crate::media::anchor::{Anchor, AnchorConfig};
+use crate::media::anchor::{Anchor, AnchorConfig, TapOpener};
 use crate::media::relay::RelayConfig;
 use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
@@ -27,6 +27,7 @@ use crate::sip::proxy::{Proxy, ProxyConfig};
 pub struct Running {
     driver: Driver,
     media: Option<MediaShutdown>,
+    tap_opener: TapOpener,
     metrics_server: Option<MetricsServer>,
     metrics: Arc<Metrics>,
 }
@@ -44,6 +45,11 @@ impl Running {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Opens recording taps by Call-ID (for the recording path, once recording is permitted).
+    pub fn tap_opener(&self) -> TapOpener {
+        self.tap_opener.clone()
     }
 
     /// Closes every socket and waits for the drivers to end.
@@ -92,6 +98,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .context("binding the SIP listeners")?;
     let bound = listeners.endpoints().to_vec();
     let (anchor, media_shutdown) = media(&settings, &metrics)?;
+    let tap_opener = anchor.tap_opener();
     let proxy = Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(anchor));
     let metrics = Arc::new(metrics);
     // Bound before the SIP driver starts, so a taken metrics port leaves nothing running.
@@ -112,7 +119,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if let Some(m) = &metrics_server {
         tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
     }
-    Ok(Running { driver, media: Some(media_shutdown), metrics_server, metrics })
+    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics })
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly. Returns an error if binding fails or a

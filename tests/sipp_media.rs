@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use callveil::app;
 use callveil::config::Settings;
+use callveil::media::g711::ALAW;
+use callveil::media::tap::{TapEvent, TapFrame};
+use callveil::sip::sdp::Leg;
 
 const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp_media");
@@ -71,10 +74,13 @@ async fn setup(ports: &str, inactivity_s: u64, uas_xml: &str, extra: &[String]) 
     Call { running, uas, uas_port }
 }
 
-/// Runs a SIPp uac to completion and returns whether it succeeded, with its stderr.
+/// Runs a SIPp uac to completion and returns whether it succeeded, with its stderr. Its first
+/// call's Call-ID is `media-e2e-1`.
 async fn uac(call: &Call, xml: &str) -> (bool, String) {
     let proxy = call.running.sip_endpoints()[0].addr;
     let args = vec![
+        "-cid_str".to_string(),
+        "media-e2e-%u".into(),
         proxy.to_string(),
         "-sf".into(),
         scenario(xml),
@@ -166,7 +172,14 @@ async fn pcap_audio_arrives_byte_exact_through_callveil() {
     let call =
         setup("41000-41199", 60, "uas_sink.xml", &["-key".into(), "sink_port".into(), sink_port.to_string()]).await;
     let uas_port = call.uas_port;
-    let (ok, err) = uac(&call, "uac_pcap.xml").await;
+    let (tap_tx, tap_rx) = std::sync::mpsc::sync_channel(4096);
+    let opener = call.running.tap_opener();
+    let (uac_result, ()) = tokio::join!(uac(&call, "uac_pcap.xml"), async {
+        // the recording path opens the tap once the call is up (consent is not modelled here)
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(opener.open("media-e2e-1", tap_tx));
+    });
+    let (ok, err) = uac_result;
     assert!(ok, "uac failed: {err}");
     let (ok, err) = finish(call).await;
     assert!(ok, "uas failed: {err}");
@@ -180,6 +193,29 @@ async fn pcap_audio_arrives_byte_exact_through_callveil() {
         assert_eq!(pkt, w, "RTP packet {i} differs (the relay does not touch headers)");
     }
     assert_ne!(uas_port, 0);
+
+    // the tap decoded the A-law audio it saw after opening, in order, at the media time the RTP
+    // timestamps give (the pcap has 30 ms packets)
+    let frames: Vec<TapFrame> = tap_rx.try_iter().collect();
+    let audio: Vec<(Duration, Vec<i16>)> = frames
+        .iter()
+        .filter_map(|f| match &f.event {
+            TapEvent::Audio { at, samples } => Some((*at, samples.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(audio.len() > 100, "tap frames: {}", audio.len());
+    assert!(frames.iter().all(|f| f.leg == Leg::Caller && f.call > 0), "only the caller sent audio");
+    let first = want.len() - audio.len();
+    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    let ts0 = ts(&want[first]);
+    for (i, (at, samples)) in audio.iter().enumerate() {
+        let pkt = &want[first + i];
+        let decoded: Vec<i16> = pkt[12..].iter().map(|b| ALAW[usize::from(*b)]).collect();
+        assert_eq!(samples, &decoded, "tap frame {i}");
+        let expect = Duration::from_micros(u64::from(ts(pkt).wrapping_sub(ts0)) * 125);
+        assert_eq!(*at, expect, "media time of frame {i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,12 +23,14 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant};
 
 use crate::config::PortRange;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::{leg_index, Remote, StreamSetup};
 use crate::media::sdp::{self, MediaDesc, PortPlan};
+use crate::media::tap::TapFrame;
 use crate::metrics::MediaMetrics;
 use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext};
 
@@ -57,6 +59,24 @@ pub trait MediaBackend: Send {
     fn close(&mut self, key: StreamKey);
     /// A call the relay found without media, if any is pending.
     fn poll_inactive(&mut self) -> Option<u64>;
+    /// Opens the tap on both legs of a stream, feeding `sink`.
+    fn tap(&mut self, key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8>);
+}
+
+/// Opens recording taps by Call-ID: held by the recording path (the consent gate), which calls
+/// [`TapOpener::open`] at the moment recording becomes permitted. The request reaches the anchor
+/// at its next tick (within a second); audio before that is not tapped, which is the safe side.
+#[derive(Clone, Debug)]
+pub struct TapOpener {
+    tx: mpsc::Sender<(String, SyncSender<TapFrame>)>,
+}
+
+impl TapOpener {
+    /// Every anchored stream of the call (both legs) will feed `sink` from now on. Returns false
+    /// when the anchor is gone.
+    pub fn open(&self, call_id: &str, sink: SyncSender<TapFrame>) -> bool {
+        self.tx.send((call_id.to_string(), sink)).is_ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +91,8 @@ struct Stream {
     /// Our RTP port facing each leg (RTCP is +1).
     ports: [u16; 2],
     setup: StreamSetup,
+    /// Payload type of RFC 4733 telephone-event, from the latest SDP that had one.
+    telephone_event: Option<u8>,
 }
 
 #[derive(Debug)]
@@ -88,12 +110,22 @@ pub struct Anchor<B: MediaBackend> {
     next_key: u64,
     now: Instant,
     metrics: MediaMetrics,
+    taps: mpsc::Receiver<(String, SyncSender<TapFrame>)>,
+    tap_opener: TapOpener,
 }
 
 impl<B: MediaBackend> Anchor<B> {
+    /// The handle the recording path uses to open taps.
+    pub fn tap_opener(&self) -> TapOpener {
+        self.tap_opener.clone()
+    }
+
     /// `now` starts the anchor's clock; later times come from `handle_timeout`.
     pub fn new(now: Instant, config: AnchorConfig, backend: B, metrics: MediaMetrics) -> Anchor<B> {
+        let (tx, taps) = mpsc::channel();
         Anchor {
+            taps,
+            tap_opener: TapOpener { tx },
             ports: PortAllocator::new(config.ports, config.quarantine),
             config,
             backend,
@@ -202,11 +234,13 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
                 continue;
             }
             let remote = Self::remote(md);
+            let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
             let clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
             let key = StreamKey { call: media.key, index: i as u8 };
             match &mut media.streams[i] {
                 Some(s) => {
                     s.setup.remote[from] = remote;
+                    s.telephone_event = te.or(s.telephone_event);
                     s.setup.clock_rate = clock_rate;
                     self.backend.update(key, s.setup);
                     plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Anchor(s.ports[toward]) });
@@ -217,7 +251,7 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
                         let mut setup = StreamSetup { call: media.key, remote: [Remote::default(); 2], clock_rate };
                         setup.remote[from] = remote;
                         self.backend.open(key, [sa, sb], setup);
-                        media.streams[i] = Some(Stream { ports: [pa, pb], setup });
+                        media.streams[i] = Some(Stream { ports: [pa, pb], setup, telephone_event: te });
                         plan.push(PortPlan::Anchor([pa, pb][toward]));
                     }
                     Err(e) => {
@@ -251,6 +285,14 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
 
     fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
         self.now = self.now.max(now);
+        while let Ok((call_id, sink)) = self.taps.try_recv() {
+            let Some(media) = self.calls.get(&call_id) else { continue };
+            for (i, s) in media.streams.iter().enumerate() {
+                if let Some(s) = s {
+                    self.backend.tap(StreamKey { call: media.key, index: i as u8 }, sink.clone(), s.telephone_event);
+                }
+            }
+        }
         let mut ended = Vec::new();
         while let Some(key) = self.backend.poll_inactive() {
             if let Some(call_id) = self.by_key.get(&key).cloned() {
@@ -280,6 +322,7 @@ mod tests {
         taken: HashSet<u16>,
         open: HashMap<StreamKey, StreamSetup>,
         inactive: Vec<u64>,
+        tapped: Vec<(StreamKey, Option<u8>)>,
     }
 
     impl MediaBackend for Fake {
@@ -301,6 +344,9 @@ mod tests {
         }
         fn poll_inactive(&mut self) -> Option<u64> {
             self.inactive.pop()
+        }
+        fn tap(&mut self, key: StreamKey, _sink: SyncSender<TapFrame>, telephone_event: Option<u8>) {
+            self.tapped.push((key, telephone_event));
         }
     }
 
@@ -443,6 +489,20 @@ m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=message 0 TCP/MSRP *\r\n"
         assert_eq!(e.status().0, 488);
         a.release("c1");
         assert_eq!(a.ports().in_use(), 0);
+    }
+
+    #[test]
+    fn taps_open_by_call_id_at_the_next_tick() {
+        let (mut a, t0) = anchor(30000, 30099);
+        let rtpmap = "a=rtpmap:101 telephone-event/8000\r\n";
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, rtpmap)).unwrap();
+        let opener = a.tap_opener();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(8);
+        assert!(opener.open("c1", tx.clone()));
+        assert!(opener.open("no-such-call", tx));
+        assert!(a.backend().tapped.is_empty(), "nothing before the tick");
+        a.handle_timeout(t0 + TICK);
+        assert_eq!(a.backend().tapped, vec![(StreamKey { call: 1, index: 0 }, Some(101))]);
     }
 
     #[test]

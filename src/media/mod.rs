@@ -10,7 +10,9 @@
 //! sees what the tap hands it.
 
 pub mod anchor;
+pub mod g711;
 pub mod ports;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod tap;

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::media::rtp::{self, Malformed, Packet};
+use crate::media::tap::LegTap;
 use crate::metrics::{DirectionLabels, MediaMetrics, ReasonLabels};
 use crate::sip::sdp::Leg;
 
@@ -193,7 +194,7 @@ struct Latch {
     seen: Instant,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct LegState {
     remote: Remote,
     rtp: Option<Latch>,
@@ -202,6 +203,8 @@ struct LegState {
     refilled: Instant,
     stats: LegStats,
     seq: SeqState,
+    /// Open only while the recording path listens (after consent).
+    tap: Option<LegTap>,
 }
 
 impl LegState {
@@ -214,6 +217,7 @@ impl LegState {
             refilled: now,
             stats: LegStats::default(),
             seq: SeqState::default(),
+            tap: None,
         }
     }
 }
@@ -231,6 +235,8 @@ struct Counts {
     packets: [u64; 2],
     bytes: [u64; 2],
     drops: [u64; DropReason::ALL.len()],
+    tap_frames: u64,
+    tap_dropped: u64,
 }
 
 /// One shard's relay state. See the module documentation.
@@ -340,6 +346,13 @@ impl RelayCore {
         Some(stats)
     }
 
+    /// Opens (or with `None` closes) the tap of one leg of a stream.
+    pub fn set_tap(&mut self, id: StreamId, leg: Leg, tap: Option<LegTap>) {
+        if let Some(Some(s)) = self.streams.get_mut(id) {
+            s.legs[leg_index(leg)].tap = tap;
+        }
+    }
+
     pub fn stats(&self, id: StreamId, leg: Leg) -> Option<LegStats> {
         Some(self.streams.get(id)?.as_ref()?.legs[leg_index(leg)].stats)
     }
@@ -405,6 +418,16 @@ impl RelayCore {
                 track(&mut me.stats, &mut me.seq, h.ssrc, h.sequence, h.timestamp, arrival as i64, clock_rate);
                 me.stats.packets += 1;
                 me.stats.bytes += data.len() as u64;
+                if let Some(tap) = &mut me.tap {
+                    let payload = data.get(h.payload_start..h.payload_end).unwrap_or(&[]);
+                    let (sent, dropped) = (tap.sent, tap.dropped);
+                    tap.on_rtp(&h, payload);
+                    self.counts.tap_frames += tap.sent - sent;
+                    self.counts.tap_dropped += tap.dropped - dropped;
+                    if tap.is_closed() {
+                        me.tap = None;
+                    }
+                }
             }
             Packet::Rtcp { .. } => me.stats.rtcp_packets += 1,
         }
@@ -470,6 +493,8 @@ impl RelayCore {
                 self.metrics.dropped.get_or_create(&ReasonLabels { reason: r.as_str() }).inc_by(n);
             }
         }
+        self.metrics.tap_frames.inc_by(self.counts.tap_frames);
+        self.metrics.tap_dropped.inc_by(self.counts.tap_dropped);
         self.counts = Counts::default();
     }
 }
@@ -747,6 +772,30 @@ mod tests {
         // and packets from the new address are admitted at once
         let v = c.handle_packet(t0, rtp_sock(id, Leg::Callee), addr("198.51.100.21:5100"), &rtp(0, 2, 0, 2, &[]));
         assert!(matches!(v, Verdict::Forward { .. }));
+    }
+
+    #[test]
+    fn tap_sees_forwarded_audio_only_and_never_blocks() {
+        use crate::media::tap::{TapEvent, TapFrame};
+        let (mut c, t0) = core();
+        let id = c.add_stream(t0, setup(false));
+        let s = rtp_sock(id, Leg::Caller);
+        // before the tap is opened nothing is handed anywhere
+        c.handle_packet(t0, s, addr(CALLER), &rtp(0, 1, 0, 1, &[0xff; 160]));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<TapFrame>(1);
+        c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, None, tx)));
+        for i in 2..6u16 {
+            let v = c.handle_packet(t0, s, addr(CALLER), &rtp(0, i, u32::from(i) * 160, 1, &[0xff; 160]));
+            assert!(matches!(v, Verdict::Forward { .. }), "forwarding goes on with a full tap queue");
+        }
+        // a hijacker's packets are not tapped
+        c.handle_packet(t0, s, addr("203.0.113.66:1"), &rtp(0, 9, 0, 1, &[0; 160]));
+        let got: Vec<TapFrame> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1);
+        assert!(matches!(got[0].event, TapEvent::Audio { .. }));
+        let m = c.metrics.clone();
+        c.flush();
+        assert_eq!((m.tap_frames.get(), m.tap_dropped.get()), (1, 3));
     }
 
     #[test]

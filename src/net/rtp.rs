@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::media::anchor::{MediaBackend, StreamKey};
 use crate::media::relay::{leg_index, RelayConfig, RelayCore, RelayEvent, Sock, StreamId, StreamSetup, Verdict};
+use crate::media::tap::{LegTap, TapFrame};
 use crate::metrics::{MediaMetrics, ReasonLabels};
 use crate::sip::sdp::Leg;
 
@@ -46,6 +47,7 @@ enum Command {
     Open { key: StreamKey, pairs: [Pair; 2], setup: StreamSetup },
     Update { key: StreamKey, setup: StreamSetup },
     Close { key: StreamKey },
+    Tap { key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8> },
     Stop,
 }
 
@@ -153,6 +155,10 @@ impl MediaBackend for MediaDriver {
     fn poll_inactive(&mut self) -> Option<u64> {
         self.inactive.try_recv().ok()
     }
+
+    fn tap(&mut self, key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8>) {
+        self.shard(key).send(Command::Tap { key, sink, telephone_event });
+    }
 }
 
 struct Shard {
@@ -239,6 +245,14 @@ impl Shard {
                 Command::Update { key, setup } => {
                     if let Some(&id) = self.streams.get(&key) {
                         self.core.update_stream(now, id, setup);
+                    }
+                }
+                Command::Tap { key, sink, telephone_event } => {
+                    if let Some(&id) = self.streams.get(&key) {
+                        for leg in [Leg::Caller, Leg::Callee] {
+                            let tap = LegTap::new(key.call, key.index, leg, telephone_event, sink.clone());
+                            self.core.set_tap(id, leg, Some(tap));
+                        }
                     }
                 }
                 Command::Close { key } => {
