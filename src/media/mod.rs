@@ -15,4 +15,5 @@ pub mod ports;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod srtp;
 pub mod tap;
