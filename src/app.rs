@@ -86,6 +86,8 @@ fn media(settings: &Settings, metrics: &Metrics) -> anyhow::Result<(Anchor<Media
         advertise: settings.media_advertise,
         ports: settings.media_ports,
         quarantine: Duration::from_secs(m.quarantine_s),
+        // validated in config: one of same, plain, sdes
+        srtp: [m.srtp_to_caller.parse().unwrap_or_default(), m.srtp_to_callee.parse().unwrap_or_default()],
     };
     Ok((Anchor::new(Instant::now(), config, driver, metrics.media.clone()), shutdown))
 }

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut core = RelayCore::new(RelayConfig::default(), MediaMetrics::default());
     let a = "192.0.2.1:4000".parse().unwrap();
     let b = "192.0.2.2:5000".parse().unwrap();
-    let remote = |addr| Remote { rtp: Some(addr), rtcp: None, mux: data.first().is_some_and(|x| x & 1 == 1), hold: false };
+    let remote = |addr| Remote { rtp: Some(addr), mux: data.first().is_some_and(|x| x & 1 == 1), ..Remote::default() };
     let id = core.add_stream(t0, StreamSetup { call: 1, remote: [remote(a), remote(b)], clock_rate: 8000 });
     for (i, rtcp) in [false, true].into_iter().enumerate() {
         let sock = Sock { stream: id, leg: Leg::Caller, rtcp };

@@ -106,6 +106,10 @@ pub struct MediaConfig {
     pub shards: usize,
     /// Per leg and stream: sustained packets per second before packets are dropped as a flood.
     pub flood_pps: u32,
+    /// Media protection toward each leg when an offer is forwarded to it: `same` (SRTP exactly
+    /// when the offering leg used it), `plain` or `sdes`.
+    pub srtp_to_caller: String,
+    pub srtp_to_callee: String,
 }
 
 impl Default for MediaConfig {
@@ -119,6 +123,8 @@ impl Default for MediaConfig {
             quarantine_s: 5,
             shards: 0,
             flood_pps: 1000,
+            srtp_to_caller: "same".into(),
+            srtp_to_callee: "same".into(),
         }
     }
 }
@@ -379,6 +385,13 @@ impl Settings {
         if raw.media.flood_pps < 50 {
             return Err(ConfigError::new("media.flood_pps", "must be at least 50 (one G.711 stream)"));
         }
+        for (key, v) in
+            [("media.srtp_to_caller", &raw.media.srtp_to_caller), ("media.srtp_to_callee", &raw.media.srtp_to_callee)]
+        {
+            if !["same", "plain", "sdes"].contains(&v.as_str()) {
+                return Err(ConfigError::new(key, format!("`{v}` is not one of same, plain, sdes")));
+            }
+        }
         if raw.media.shards > 256 {
             return Err(ConfigError::new("media.shards", "at most 256"));
         }
@@ -442,6 +455,7 @@ mod tests {
         assert_eq!(e.key, "media.ports", "{e}");
         assert_eq!(err("[media]\ninactivity_timeout_s = 0\n").key, "media.inactivity_timeout_s");
         assert_eq!(err("[media]\nflood_pps = 10\n").key, "media.flood_pps");
+        assert_eq!(err("[media]\nsrtp_to_callee = \"maybe\"\n").key, "media.srtp_to_callee");
         let e = err("[consent]\nmode = \"maybe\"\n");
         assert_eq!(e.key, "consent.mode", "{e}");
         assert!(e.problem.contains("maybe"), "{e}");

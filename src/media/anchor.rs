@@ -18,8 +18,13 @@
 //!
 //! Policy for media it cannot anchor (TCP-based transports such as BFCP or MSRP over TCP): the
 //! m-line is rejected with port 0, because media callveil cannot see cannot be recorded or
-//! redacted and must not flow around it. SRTP (RTP/SAVP with `a=crypto`) is relayed end to end
-//! unchanged; the tap then sees encrypted payloads and marks the stream untranscribable.
+//! redacted and must not flow around it.
+//!
+//! SRTP (SDES, RFC 4568) is terminated on each leg that uses it: callveil decrypts with the key
+//! in that leg's SDP (so the tap sees plain audio) and encrypts toward it with a key of its own,
+//! written into the SDP sent to that leg; the other leg's key never crosses over. Whether an
+//! offer goes on as SRTP is [`SrtpPolicy`] per target leg; an answer always goes out in the
+//! profile its offerer used. An SRTP offer without a supported suite is refused with 488.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,10 +34,11 @@ use std::time::{Duration, Instant};
 use crate::config::PortRange;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::{leg_index, Remote, StreamSetup};
-use crate::media::sdp::{self, MediaDesc, PortPlan};
+use crate::media::sdp::{self, CryptoPlan, MediaDesc, MediaPlan, PortPlan};
+use crate::media::srtp::SrtpKey;
 use crate::media::tap::TapFrame;
 use crate::metrics::MediaMetrics;
-use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext};
+use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext, SdpRole};
 
 /// Pairs tried when binding fails before the offer is refused.
 pub const BIND_ATTEMPTS: usize = 8;
@@ -79,11 +85,37 @@ impl TapOpener {
     }
 }
 
+/// How callveil protects media toward a leg when forwarding an offer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// SRTP (with callveil's own key) exactly when the offering leg used SRTP.
+    #[default]
+    Same,
+    /// Always plain RTP (e.g. a PBX on a trusted network behind an SRTP carrier).
+    Plain,
+    /// Always SRTP with SDES.
+    Sdes,
+}
+
+impl std::str::FromStr for SrtpPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "same" => Ok(SrtpPolicy::Same),
+            "plain" => Ok(SrtpPolicy::Plain),
+            "sdes" => Ok(SrtpPolicy::Sdes),
+            _ => Err(format!("`{s}` is not one of same, plain, sdes")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct AnchorConfig {
     pub advertise: IpAddr,
     pub ports: PortRange,
     pub quarantine: Duration,
+    /// Indexed by the leg an offer is forwarded to.
+    pub srtp: [SrtpPolicy; 2],
 }
 
 #[derive(Debug)]
@@ -93,6 +125,11 @@ struct Stream {
     setup: StreamSetup,
     /// Payload type of RFC 4733 telephone-event, from the latest SDP that had one.
     telephone_event: Option<u8>,
+    /// The SRTP key callveil encrypts with toward each leg (used when that leg is on SRTP).
+    our_keys: [SrtpKey; 2],
+    /// Whether each leg's latest SDP used SRTP, and the crypto tag it used.
+    srtp: [bool; 2],
+    tag: [u32; 2],
 }
 
 #[derive(Debug)]
@@ -187,14 +224,14 @@ impl<B: MediaBackend> Anchor<B> {
     fn remote(md: &MediaDesc) -> Remote {
         let hold = md.on_hold();
         let Some(ip) = md.addr.filter(|a| !a.is_unspecified()) else {
-            return Remote { rtp: None, rtcp: None, mux: md.rtcp_mux, hold };
+            return Remote { rtp: None, rtcp: None, mux: md.rtcp_mux, hold, ..Remote::default() };
         };
         let rtp = (md.port != 0).then(|| SocketAddr::new(ip, md.port));
         let rtcp = match md.rtcp {
             Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(ip), port)),
             None => md.port.checked_add(1).filter(|_| md.port != 0).map(|p| SocketAddr::new(ip, p)),
         };
-        Remote { rtp, rtcp, mux: md.rtcp_mux, hold }
+        Remote { rtp, rtcp, mux: md.rtcp_mux, hold, ..Remote::default() }
     }
 
     fn release_call(&mut self, media: CallMedia) {
@@ -223,43 +260,95 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
                 CallMedia { key, streams: Vec::new() }
             }
         };
-        let mut plan = Vec::with_capacity(desc.media.len());
+        let mut plan: Vec<MediaPlan> = Vec::with_capacity(desc.media.len());
         let mut result = Ok(());
         for (i, md) in desc.media.iter().enumerate() {
             if media.streams.len() <= i {
                 media.streams.push(None);
             }
             if !md.anchorable() {
-                plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Reject });
+                plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Reject }.into());
                 continue;
             }
-            let remote = Self::remote(md);
-            let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
-            let clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
+            // the key the sender encrypts with, if it uses SRTP with a suite callveil supports
+            let offered = md.crypto.iter().find_map(|c| SrtpKey::from_crypto(c).map(|k| (c.tag, k)));
+            if md.is_srtp() && md.port != 0 && offered.is_none() {
+                result = Err(AnchorError::NotAcceptable("no supported SRTP crypto suite".into()));
+                break;
+            }
             let key = StreamKey { call: media.key, index: i as u8 };
-            match &mut media.streams[i] {
-                Some(s) => {
-                    s.setup.remote[from] = remote;
-                    s.telephone_event = te.or(s.telephone_event);
-                    s.setup.clock_rate = clock_rate;
-                    self.backend.update(key, s.setup);
-                    plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Anchor(s.ports[toward]) });
+            let mut pairs = None;
+            if media.streams[i].is_none() {
+                if md.port == 0 {
+                    plan.push(PortPlan::Keep.into());
+                    continue;
                 }
-                None if md.port == 0 => plan.push(PortPlan::Keep),
-                None => match self.bind_two() {
+                match self.bind_two() {
                     Ok([(pa, sa), (pb, sb)]) => {
-                        let mut setup = StreamSetup { call: media.key, remote: [Remote::default(); 2], clock_rate };
-                        setup.remote[from] = remote;
-                        self.backend.open(key, [sa, sb], setup);
-                        media.streams[i] = Some(Stream { ports: [pa, pb], setup, telephone_event: te });
-                        plan.push(PortPlan::Anchor([pa, pb][toward]));
+                        pairs = Some([sa, sb]);
+                        media.streams[i] = Some(Stream {
+                            ports: [pa, pb],
+                            setup: StreamSetup { call: media.key, remote: [Remote::default(); 2], clock_rate: 8000 },
+                            telephone_event: None,
+                            our_keys: [SrtpKey::generate(false), SrtpKey::generate(false)],
+                            srtp: [false; 2],
+                            tag: [1; 2],
+                        });
                     }
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
-                },
+                }
             }
+            let Some(s) = media.streams[i].as_mut() else { continue };
+            s.srtp[from] = offered.is_some();
+            if let Some((tag, k)) = offered {
+                s.tag[from] = tag;
+                // if callveil answers this leg, it must use the suite the leg chose
+                if s.our_keys[from].tag32 != k.tag32 {
+                    s.our_keys[from] = SrtpKey::generate(k.tag32);
+                }
+            }
+            let toward_srtp = match ctx.role {
+                SdpRole::Offer => match self.config.srtp[toward] {
+                    SrtpPolicy::Same => offered.is_some(),
+                    SrtpPolicy::Plain => false,
+                    SrtpPolicy::Sdes => true,
+                },
+                // an answer goes out in the profile the other leg offered
+                SdpRole::Answer => s.srtp[toward],
+            };
+            let our_tx_from = s.setup.remote[from].srtp_tx;
+            s.setup.remote[from] =
+                Remote { srtp_rx: offered.map(|(_, k)| k), srtp_tx: our_tx_from, ..Self::remote(md) };
+            s.setup.remote[toward].srtp_tx = toward_srtp.then_some(s.our_keys[toward]);
+            s.setup.clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
+            let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
+            s.telephone_event = te.or(s.telephone_event);
+            match pairs {
+                Some(pairs) => self.backend.open(key, pairs, s.setup),
+                None => self.backend.update(key, s.setup),
+            }
+            if md.port == 0 {
+                plan.push(PortPlan::Keep.into());
+                continue;
+            }
+            let tag = match ctx.role {
+                SdpRole::Answer => s.tag[toward],
+                SdpRole::Offer => s.tag[from],
+            };
+            plan.push(MediaPlan {
+                port: PortPlan::Anchor(s.ports[toward]),
+                proto: (toward_srtp != md.is_srtp()).then(|| sdp::toggle_srtp(&md.proto, toward_srtp)),
+                crypto: if toward_srtp {
+                    CryptoPlan::Replace(s.our_keys[toward].attribute(tag))
+                } else if md.is_srtp() {
+                    CryptoPlan::Remove
+                } else {
+                    CryptoPlan::Keep
+                },
+            });
         }
         self.by_key.insert(media.key, ctx.call_id.to_string());
         self.calls.insert(ctx.call_id.to_string(), media);
@@ -356,6 +445,7 @@ mod tests {
             advertise: "203.0.113.1".parse().unwrap(),
             ports: PortRange { first, last },
             quarantine: Duration::from_secs(5),
+            srtp: [SrtpPolicy::Same; 2],
         };
         (Anchor::new(t0, cfg, Fake::default(), MediaMetrics::default()), t0)
     }
@@ -503,6 +593,54 @@ m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=message 0 TCP/MSRP *\r\n"
         assert!(a.backend().tapped.is_empty(), "nothing before the tick");
         a.handle_timeout(t0 + TICK);
         assert_eq!(a.backend().tapped, vec![(StreamKey { call: 1, index: 0 }, Some(101))]);
+    }
+
+    #[test]
+    fn srtp_carrier_plain_pbx() {
+        let carrier_key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20";
+        let offer = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:5 AES_CM_128_HMAC_SHA1_80 {carrier_key}\r\n"
+        );
+        for (policy, pbx_srtp) in [(SrtpPolicy::Plain, false), (SrtpPolicy::Same, true)] {
+            let (mut a, _) = anchor(30000, 30099);
+            a.config.srtp[1] = policy;
+            let to_pbx = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), offer.as_bytes()).unwrap();
+            let d = sdp::parse(&to_pbx).unwrap();
+            let text = String::from_utf8(to_pbx.clone()).unwrap();
+            assert!(!text.contains("WVNf"), "the carrier's key never reaches the PBX");
+            assert_eq!(d.media[0].is_srtp(), pbx_srtp, "{text}");
+            assert_eq!(d.media[0].crypto.len(), usize::from(pbx_srtp));
+            // the PBX answers in the profile it was offered
+            let answer = if pbx_srtp {
+                let k = SrtpKey::generate(false).attribute(5);
+                format!(
+                    "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:{k}\r\n"
+                )
+                .into_bytes()
+            } else {
+                sdp("198.51.100.2", 5000, "")
+            };
+            let to_carrier = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &answer).unwrap();
+            let d = sdp::parse(&to_carrier).unwrap();
+            assert!(d.media[0].is_srtp(), "the carrier gets the SRTP answer it asked for");
+            assert_eq!(d.media[0].crypto.len(), 1);
+            assert_eq!(d.media[0].crypto[0].tag, 5, "answer uses the offered tag");
+            let ours = SrtpKey::from_crypto(&d.media[0].crypto[0]).unwrap();
+            let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+            let carrier = SrtpKey::from_crypto(&sdp::parse(offer.as_bytes()).unwrap().media[0].crypto[0]).unwrap();
+            assert_eq!(setup.remote[0].srtp_rx, Some(carrier), "callveil decrypts the carrier");
+            assert_eq!(setup.remote[0].srtp_tx, Some(ours), "and encrypts toward it with the key it announced");
+            assert_ne!(ours, carrier);
+            assert_eq!(setup.remote[1].srtp_rx.is_some(), pbx_srtp);
+            assert_eq!(setup.remote[1].srtp_tx.is_some(), pbx_srtp);
+        }
+        // an SRTP offer with no suite callveil supports is refused
+        let (mut a, _) = anchor(30000, 30099);
+        let bad =
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        assert_eq!(a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), bad.as_bytes()).unwrap_err().status().0, 488);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::media::rtp::{self, Malformed, Packet};
+use crate::media::srtp::{self, Session, SrtpKey};
 use crate::media::tap::LegTap;
 use crate::metrics::{DirectionLabels, MediaMetrics, ReasonLabels};
 use crate::sip::sdp::Leg;
@@ -49,6 +50,10 @@ pub struct Remote {
     pub rtcp: Option<SocketAddr>,
     pub mux: bool,
     pub hold: bool,
+    /// The key this leg encrypts with (from its SDP): callveil decrypts what it sends.
+    pub srtp_rx: Option<SrtpKey>,
+    /// The key callveil encrypts with toward this leg (from the SDP callveil sent it).
+    pub srtp_tx: Option<SrtpKey>,
 }
 
 /// What the anchor tells the core about a stream.
@@ -69,6 +74,11 @@ pub enum Verdict {
         via: Sock,
         to: SocketAddr,
     },
+    /// Send [`RelayCore::rewritten`] (SRTP removed or applied) from `via` to `to`.
+    ForwardRewritten {
+        via: Sock,
+        to: SocketAddr,
+    },
     Drop(DropReason),
 }
 
@@ -81,10 +91,14 @@ pub enum DropReason {
     NoDestination,
     Flood,
     UnknownStream,
+    /// SRTP/SRTCP authentication or replay check failed.
+    SrtpAuth,
+    /// Could not encrypt toward an SRTP leg.
+    SrtpProtect,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 10] = [
+    const ALL: [DropReason; 12] = [
         DropReason::Malformed(Malformed::TooShort),
         DropReason::Malformed(Malformed::Version),
         DropReason::Malformed(Malformed::Padding),
@@ -95,6 +109,8 @@ impl DropReason {
         DropReason::NoDestination,
         DropReason::Flood,
         DropReason::UnknownStream,
+        DropReason::SrtpAuth,
+        DropReason::SrtpProtect,
     ];
 
     fn index(self) -> usize {
@@ -109,6 +125,8 @@ impl DropReason {
             DropReason::NoDestination => 7,
             DropReason::Flood => 8,
             DropReason::UnknownStream => 9,
+            DropReason::SrtpAuth => 10,
+            DropReason::SrtpProtect => 11,
         }
     }
 
@@ -120,6 +138,8 @@ impl DropReason {
             DropReason::NoDestination => "no_destination",
             DropReason::Flood => "flood",
             DropReason::UnknownStream => "unknown_stream",
+            DropReason::SrtpAuth => "srtp_auth",
+            DropReason::SrtpProtect => "srtp_protect",
         }
     }
 }
@@ -205,6 +225,8 @@ struct LegState {
     seq: SeqState,
     /// Open only while the recording path listens (after consent).
     tap: Option<LegTap>,
+    srtp_rx: Option<Session>,
+    srtp_tx: Option<Session>,
 }
 
 impl LegState {
@@ -218,6 +240,8 @@ impl LegState {
             stats: LegStats::default(),
             seq: SeqState::default(),
             tap: None,
+            srtp_rx: remote.srtp_rx.and_then(Session::new),
+            srtp_tx: remote.srtp_tx.and_then(Session::new),
         }
     }
 }
@@ -250,6 +274,9 @@ pub struct RelayCore {
     epoch: Option<Instant>,
     counts: Counts,
     metrics: MediaMetrics,
+    /// Plain text of an SRTP packet, then what goes out (see [`Verdict::ForwardRewritten`]).
+    plain: Vec<u8>,
+    out: Vec<u8>,
 }
 
 fn admit(
@@ -284,7 +311,14 @@ impl RelayCore {
             epoch: None,
             counts: Counts::default(),
             metrics,
+            plain: Vec::with_capacity(2048),
+            out: Vec::with_capacity(2048),
         }
+    }
+
+    /// The bytes to send for the last [`Verdict::ForwardRewritten`].
+    pub fn rewritten(&self) -> &[u8] {
+        &self.out
     }
 
     // ----- control (from the anchor, via the driver) ---------------------------------------
@@ -323,6 +357,8 @@ impl RelayCore {
                 leg.rtp = None;
                 leg.rtcp = None;
             }
+            srtp::rekey(&mut leg.srtp_rx, remote.srtp_rx);
+            srtp::rekey(&mut leg.srtp_tx, remote.srtp_tx);
             leg.remote = remote;
         }
         s.setup = setup;
@@ -367,7 +403,7 @@ impl RelayCore {
     pub fn handle_packet(&mut self, now: Instant, sock: Sock, src: SocketAddr, data: &[u8]) -> Verdict {
         let verdict = self.decide(now, sock, src, data);
         match verdict {
-            Verdict::Forward { .. } => {
+            Verdict::Forward { .. } | Verdict::ForwardRewritten { .. } => {
                 let dir = leg_index(sock.leg);
                 self.counts.packets[dir] += 1;
                 self.counts.bytes[dir] += data.len() as u64;
@@ -383,7 +419,7 @@ impl RelayCore {
         let Some(Some(s)) = self.streams.get_mut(sock.stream) else {
             return Verdict::Drop(DropReason::UnknownStream);
         };
-        let packet = match rtp::classify(data) {
+        let mut packet = match rtp::classify(data) {
             Ok(p) => p,
             Err(m) => return Verdict::Drop(DropReason::Malformed(m)),
         };
@@ -403,6 +439,22 @@ impl RelayCore {
         }
         me.tokens -= 1.0;
 
+        // SRTP is authenticated before latching, so a forged packet cannot move a leg
+        let decrypted = match &mut me.srtp_rx {
+            Some(session) => {
+                if session.unprotect(is_rtcp, data, &mut self.plain).is_err() {
+                    return Verdict::Drop(DropReason::SrtpAuth);
+                }
+                packet = match rtp::classify(&self.plain) {
+                    Ok(p) => p,
+                    Err(m) => return Verdict::Drop(DropReason::Malformed(m)),
+                };
+                true
+            }
+            None => false,
+        };
+        let clear: &[u8] = if decrypted { &self.plain } else { data };
+
         let admitted = if is_rtcp {
             let signalled = if me.remote.mux { me.remote.rtp } else { me.remote.rtcp };
             admit(&mut me.rtcp, src, signalled, now, config.relatch_after)
@@ -419,7 +471,7 @@ impl RelayCore {
                 me.stats.packets += 1;
                 me.stats.bytes += data.len() as u64;
                 if let Some(tap) = &mut me.tap {
-                    let payload = data.get(h.payload_start..h.payload_end).unwrap_or(&[]);
+                    let payload = clear.get(h.payload_start..h.payload_end).unwrap_or(&[]);
                     let (sent, dropped) = (tap.sent, tap.dropped);
                     tap.on_rtp(&h, payload);
                     self.counts.tap_frames += tap.sent - sent;
@@ -434,7 +486,7 @@ impl RelayCore {
         s.last_activity = now;
 
         let other = sock.leg.other();
-        let them = &s.legs[leg_index(other)];
+        let them = &mut s.legs[leg_index(other)];
         let (via_rtcp, to) = if is_rtcp && !them.remote.mux {
             let to = them.rtcp.map(|l| l.addr).or(them.remote.rtcp);
             (true, to)
@@ -443,11 +495,23 @@ impl RelayCore {
         } else {
             (false, them.rtp.map(|l| l.addr).or(them.remote.rtp))
         };
-        match to {
-            Some(to) if !to.ip().is_unspecified() && to.port() != 0 => {
-                Verdict::Forward { via: Sock { stream: sock.stream, leg: other, rtcp: via_rtcp }, to }
+        let to = match to {
+            Some(to) if !to.ip().is_unspecified() && to.port() != 0 => to,
+            _ => return Verdict::Drop(DropReason::NoDestination),
+        };
+        let via = Sock { stream: sock.stream, leg: other, rtcp: via_rtcp };
+        match &mut them.srtp_tx {
+            Some(session) => {
+                if session.protect(is_rtcp, clear, &mut self.out).is_err() {
+                    return Verdict::Drop(DropReason::SrtpProtect);
+                }
+                Verdict::ForwardRewritten { via, to }
             }
-            _ => Verdict::Drop(DropReason::NoDestination),
+            None if decrypted => {
+                std::mem::swap(&mut self.out, &mut self.plain);
+                Verdict::ForwardRewritten { via, to }
+            }
+            None => Verdict::Forward { via, to },
         }
     }
 
@@ -548,8 +612,8 @@ mod tests {
         StreamSetup {
             call: 7,
             remote: [
-                Remote { rtp: Some(addr(CALLER)), rtcp: Some(addr("192.0.2.10:4001")), mux, hold: false },
-                Remote { rtp: Some(addr(CALLEE)), rtcp: Some(addr("198.51.100.20:5001")), mux: false, hold: false },
+                Remote { rtp: Some(addr(CALLER)), rtcp: Some(addr("192.0.2.10:4001")), mux, ..Remote::default() },
+                Remote { rtp: Some(addr(CALLEE)), rtcp: Some(addr("198.51.100.20:5001")), ..Remote::default() },
             ],
             clock_rate: 8000,
         }
@@ -796,6 +860,55 @@ mod tests {
         let m = c.metrics.clone();
         c.flush();
         assert_eq!((m.tap_frames.get(), m.tap_dropped.get()), (1, 3));
+    }
+
+    #[test]
+    fn srtp_carrier_to_plain_pbx_and_back() {
+        use crate::media::srtp::SrtpKey;
+        use crate::media::tap::{TapEvent, TapFrame};
+        let (mut c, t0) = core();
+        let carrier_key = SrtpKey::generate(false); // from the carrier's SDP
+        let our_key = SrtpKey::generate(false); // what callveil told the carrier
+        let mut st = setup(false);
+        st.remote[0].srtp_rx = Some(carrier_key);
+        st.remote[0].srtp_tx = Some(our_key);
+        let id = c.add_stream(t0, st);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<TapFrame>(8);
+        c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, None, tx)));
+        // the carrier encrypts with its key (rtc-srtp used directly, as the far end would)
+        let mut carrier_tx = crate::media::srtp::Session::new(carrier_key).unwrap();
+        let plain = rtp(0, 1, 160, 0x77, &[0xff; 160]);
+        let mut sealed = Vec::new();
+        carrier_tx.protect(false, &plain, &mut sealed).unwrap();
+        let v = c.handle_packet(t0, rtp_sock(id, Leg::Caller), addr(CALLER), &sealed);
+        assert_eq!(v, Verdict::ForwardRewritten { via: rtp_sock(id, Leg::Callee), to: addr(CALLEE) });
+        assert_eq!(c.rewritten(), &plain[..], "the PBX gets plain RTP");
+        assert!(
+            matches!(rx.try_recv().unwrap().event, TapEvent::Audio { ref samples, .. } if samples == &vec![0; 160])
+        );
+        // a replay or a forgery is dropped, and does not latch
+        assert_eq!(
+            c.handle_packet(t0, rtp_sock(id, Leg::Caller), addr(CALLER), &sealed),
+            Verdict::Drop(DropReason::SrtpAuth)
+        );
+        assert_eq!(
+            c.handle_packet(t0, rtp_sock(id, Leg::Caller), addr("203.0.113.5:1"), &plain),
+            Verdict::Drop(DropReason::SrtpAuth)
+        );
+        // the PBX answers in plain RTP; the carrier gets it encrypted with our key
+        let back = rtp(0, 9, 0, 0x88, &[0xd5; 160]);
+        let v = c.handle_packet(t0, rtp_sock(id, Leg::Callee), addr(CALLEE), &back);
+        assert!(matches!(v, Verdict::ForwardRewritten { .. }));
+        let mut carrier_rx = crate::media::srtp::Session::new(our_key).unwrap();
+        let mut opened = Vec::new();
+        carrier_rx.unprotect(false, c.rewritten(), &mut opened).unwrap();
+        assert_eq!(opened, back);
+        // SRTCP too
+        let mut srtcp = Vec::new();
+        carrier_tx.protect(true, &rtcp_rr(0x77), &mut srtcp).unwrap();
+        let v = c.handle_packet(t0, Sock { stream: id, leg: Leg::Caller, rtcp: true }, addr("192.0.2.10:4001"), &srtcp);
+        assert!(matches!(v, Verdict::ForwardRewritten { .. }));
+        assert_eq!(c.rewritten(), &rtcp_rr(0x77)[..]);
     }
 
     #[test]

@@ -271,6 +271,43 @@ pub enum PortPlan {
     Keep,
 }
 
+/// What to do with a media line's `a=crypto` attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CryptoPlan {
+    #[default]
+    Keep,
+    /// Remove them all (the stream goes out as plain RTP).
+    Remove,
+    /// Replace them all with this one attribute value (callveil's own key).
+    Replace(String),
+}
+
+/// What to write for one m-line: port, and optionally a new transport and crypto attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPlan {
+    pub port: PortPlan,
+    pub proto: Option<String>,
+    pub crypto: CryptoPlan,
+}
+
+impl From<PortPlan> for MediaPlan {
+    fn from(port: PortPlan) -> MediaPlan {
+        MediaPlan { port, proto: None, crypto: CryptoPlan::Keep }
+    }
+}
+
+/// The same profile with SRTP added or removed: `RTP/AVP` ↔ `RTP/SAVP`, `RTP/AVPF` ↔ `RTP/SAVPF`.
+pub fn toggle_srtp(proto: &str, srtp: bool) -> String {
+    let upper = proto.to_ascii_uppercase();
+    match (upper.as_str(), srtp) {
+        ("RTP/AVP", true) => "RTP/SAVP".into(),
+        ("RTP/AVPF", true) => "RTP/SAVPF".into(),
+        ("RTP/SAVP", false) => "RTP/AVP".into(),
+        ("RTP/SAVPF", false) => "RTP/AVPF".into(),
+        _ => proto.into(),
+    }
+}
+
 fn ip_kind(ip: IpAddr) -> &'static str {
     if ip.is_ipv6() {
         "IP6"
@@ -292,11 +329,13 @@ const ICE_ATTRIBUTES: &[&str] = &[
 
 /// Rewrites `sdp` so media flows to `advertise` on the planned ports. `plan[i]` is for the i-th
 /// m-line; m-lines without a plan are rejected.
-pub fn rewrite(sdp: &[u8], advertise: IpAddr, plan: &[PortPlan]) -> Result<Vec<u8>, AnchorError> {
+pub fn rewrite(sdp: &[u8], advertise: IpAddr, plan: &[MediaPlan]) -> Result<Vec<u8>, AnchorError> {
     let text = std::str::from_utf8(sdp).map_err(|_| bad("SDP is not UTF-8"))?;
     let mut out = String::with_capacity(text.len() + 64);
     let mut index: Option<usize> = None;
-    let current = |index: Option<usize>| index.map(|i| plan.get(i).copied().unwrap_or(PortPlan::Reject));
+    let reject = MediaPlan::from(PortPlan::Reject);
+    let full = |index: Option<usize>| index.map(|i| plan.get(i).unwrap_or(&reject));
+    let current = |index: Option<usize>| full(index).map(|p| p.port);
     for (line, end) in lines(text) {
         if line.len() < 2 {
             out.push_str(line);
@@ -316,7 +355,18 @@ pub fn rewrite(sdp: &[u8], advertise: IpAddr, plan: &[PortPlan]) -> Result<Vec<u
                     Some(PortPlan::Reject) => "0".to_string(),
                     _ => port.to_string(),
                 };
-                out.push_str(&format!("m={m} {port} {rest}"));
+                let plan = full(index);
+                match plan.and_then(|p| p.proto.as_deref()) {
+                    Some(proto) => {
+                        let fmts = rest.split_once(' ').map_or("", |(_, f)| f);
+                        out.push_str(&format!("m={m} {port} {proto} {fmts}"));
+                    }
+                    None => out.push_str(&format!("m={m} {port} {rest}")),
+                }
+                if let Some(CryptoPlan::Replace(attr)) = plan.map(|p| &p.crypto) {
+                    out.push_str(end);
+                    out.push_str(&format!("a=crypto:{attr}"));
+                }
             }
             b'c' => {
                 let addr = parse_conn(value)?;
@@ -332,6 +382,9 @@ pub fn rewrite(sdp: &[u8], advertise: IpAddr, plan: &[PortPlan]) -> Result<Vec<u
                 let (name, _) = value.split_once(':').unwrap_or((value, ""));
                 if ICE_ATTRIBUTES.contains(&name) {
                     continue; // the whole line, terminator included
+                }
+                if name == "crypto" && full(index).is_some_and(|p| p.crypto != CryptoPlan::Keep) {
+                    continue;
                 }
                 match (name, current(index)) {
                     ("rtcp", Some(PortPlan::Anchor(p))) => {
@@ -390,7 +443,7 @@ m=application 9 TCP/BFCP *\r\n";
 
     #[test]
     fn rewrite_changes_only_addresses_ports_and_ice() {
-        let plan = [PortPlan::Anchor(30000), PortPlan::Keep, PortPlan::Reject];
+        let plan = [PortPlan::Anchor(30000), PortPlan::Keep, PortPlan::Reject].map(MediaPlan::from);
         let out = rewrite(OFFER.as_bytes(), "203.0.113.1".parse().unwrap(), &plan).unwrap();
         let want = "v=0\r\n\
 o=carrier 123 456 IN IP4 198.51.100.7\r\n\
@@ -412,7 +465,7 @@ m=application 0 TCP/BFCP *\r\n";
     #[test]
     fn line_endings_and_hold_address_survive() {
         let sdp = "v=0\no=- 1 1 IN IP4 10.1.1.1\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 5000 RTP/AVP 0\na=rtcp:5001\na=inactive";
-        let out = rewrite(sdp.as_bytes(), "127.0.0.1".parse().unwrap(), &[PortPlan::Anchor(30010)]).unwrap();
+        let out = rewrite(sdp.as_bytes(), "127.0.0.1".parse().unwrap(), &[PortPlan::Anchor(30010).into()]).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "v=0\no=- 1 1 IN IP4 10.1.1.1\ns=-\nc=IN IP4 0.0.0.0\nt=0 0\nm=audio 30010 RTP/AVP 0\na=rtcp:30011\na=inactive"
@@ -428,7 +481,7 @@ m=application 0 TCP/BFCP *\r\n";
         let d = parse(sdp.as_bytes()).unwrap();
         assert_eq!(d.media[0].addr, Some("10.1.1.2".parse().unwrap()));
         assert_eq!(d.media[0].direction, Direction::SendOnly);
-        let out = rewrite(sdp.as_bytes(), "::1".parse().unwrap(), &[PortPlan::Anchor(30000)]).unwrap();
+        let out = rewrite(sdp.as_bytes(), "::1".parse().unwrap(), &[PortPlan::Anchor(30000).into()]).unwrap();
         assert!(String::from_utf8(out).unwrap().contains("m=audio 30000 RTP/AVP 8\r\nc=IN IP6 ::1\r\n"));
     }
 
@@ -440,6 +493,29 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubG
         assert!(d.media[0].is_srtp());
         assert_eq!(d.media[0].crypto[0].suite, "AES_CM_128_HMAC_SHA1_80");
         assert!(!format!("{d:?}").contains("WVNf"));
+    }
+
+    #[test]
+    fn srtp_can_be_added_replaced_or_removed() {
+        let savp = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:BBBB\r\na=sendrecv\r\n";
+        let adv = "127.0.0.1".parse().unwrap();
+        let plain = MediaPlan {
+            port: PortPlan::Anchor(30000),
+            proto: Some(toggle_srtp("RTP/SAVP", false)),
+            crypto: CryptoPlan::Remove,
+        };
+        let out = String::from_utf8(rewrite(savp.as_bytes(), adv, &[plain]).unwrap()).unwrap();
+        assert!(out.ends_with("m=audio 30000 RTP/AVP 0\r\na=sendrecv\r\n"), "{out}");
+        let ours = MediaPlan {
+            port: PortPlan::Anchor(30000),
+            proto: None,
+            crypto: CryptoPlan::Replace("1 X inline:CCCC".into()),
+        };
+        let out = String::from_utf8(rewrite(savp.as_bytes(), adv, &[ours]).unwrap()).unwrap();
+        assert!(out.ends_with("m=audio 30000 RTP/SAVP 0\r\na=crypto:1 X inline:CCCC\r\na=sendrecv\r\n"), "{out}");
+        assert_eq!(toggle_srtp("RTP/AVPF", true), "RTP/SAVPF");
+        assert_eq!(toggle_srtp("udptl", true), "udptl");
     }
 
     #[test]

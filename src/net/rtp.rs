@@ -224,9 +224,14 @@ impl Shard {
                 Err(_) => continue,
             };
             let data = &buf[..n];
-            if let Verdict::Forward { via, to } = self.core.handle_packet(now, sock(token), src, data) {
+            let (via, to, bytes) = match self.core.handle_packet(now, sock(token), src, data) {
+                Verdict::Forward { via, to } => (via, to, data),
+                Verdict::ForwardRewritten { via, to } => (via, to, self.core.rewritten()),
+                Verdict::Drop(_) => continue,
+            };
+            {
                 let sent = match self.sockets.get(token_of(via)) {
-                    Some(Some(out)) => out.send_to(data, to).map(|_| ()),
+                    Some(Some(out)) => out.send_to(bytes, to).map(|_| ()),
                     _ => Err(io::ErrorKind::NotFound.into()),
                 };
                 if sent.is_err() {
