@@ -7,7 +7,8 @@
 # generator (benches/rtp_compare/loadgen.rs) runs on the other CPU (LOAD_CPU). CPU time is read
 # from /proc for the relay process (all its threads).
 #
-# Prints each relay's highest loss-free rate, the CPU share it used there, packets/s per core
+# Prints each relay's highest sustainable rate (no loss, median latency under MAX_P50_US), the
+# CPU share it used there, packets/s per core
 # (= rate / cores used), the ratio callveil/rtpengine, and callveil's added latency p50/p99 at
 # half its highest loss-free rate (minus a direct sender->receiver baseline at the same rate).
 # Needs: apt-get install -y --no-install-recommends rtpengine-daemon rtpengine-utils
@@ -36,7 +37,7 @@ upstream = ["udp:127.0.0.1:25070"]
 [media]
 bind = "127.0.0.1"
 advertise = "127.0.0.1"
-ports = "30000-39999"
+ports = "40000-59999"
 inactivity_timeout_s = 600
 hold_timeout_s = 3600
 shards = 1
@@ -56,15 +57,18 @@ TOML
 start_rtpengine() {
   taskset -c "$RELAY_CPU" rtpengine --config-file=none --table=-1 --interface=127.0.0.1 \
     --listen-ng=127.0.0.1:2223 --num-threads=1 --foreground --log-stderr --log-level=3 \
-    --port-min=40000 --port-max=49999 --timeout=600 2>"$TMP/rtpengine.log" &
+    --port-min=20000 --port-max=39999 --timeout=600 2>"$TMP/rtpengine.log" &
   RE_PID=$!; PIDS+=("$RE_PID"); sleep 1
 }
 
 # run MODE PID STEPS [ADDR [UAS]] -> output lines
 run() { taskset -c "$LOAD_CPU" "$LOADGEN" "$1" "$2" "$3" "$SECS" "${@:4}"; }
 
-# best loss-free line: highest offered rate with loss 0
-best() { awk '{split($0,a," "); for(i in a){split(a[i],kv,"="); v[kv[1]]=kv[2]} if (v["loss_pct"]+0 == 0 && v["offered_pps"]+0 > m) {m=v["offered_pps"]+0; line=$0}} END {print line}'; }
+# best sustainable line: the highest offered rate with no loss and no queueing. Socket buffers
+# hide an overloaded relay for a few seconds (no loss yet, but latency grows to hundreds of ms),
+# so a step only counts when its median latency stays under MAX_P50_US.
+MAX_P50_US=${MAX_P50_US:-1000}
+best() { awk -v maxp50="$MAX_P50_US" '{split($0,a," "); for(i in a){split(a[i],kv,"="); v[kv[1]]=kv[2]} if (v["loss_pct"]+0 == 0 && v["p50_us"]+0 < maxp50 && v["offered_pps"]+0 > m) {m=v["offered_pps"]+0; line=$0}} END {print line}'; }
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}'; }
 
 echo "== callveil (1 shard, CPU $RELAY_CPU)"
@@ -78,8 +82,8 @@ run rtpengine "$RE_PID" "$STEPS" 127.0.0.1:2223 | tee "$TMP/re.txt"
 kill "$RE_PID"; wait "$RE_PID" 2>/dev/null || true
 
 CV_BEST=$(best < "$TMP/cv.txt"); RE_BEST=$(best < "$TMP/re.txt")
-[ -n "$CV_BEST" ] || { echo "callveil lost packets at every step" >&2; exit 1; }
-[ -n "$RE_BEST" ] || { echo "rtpengine lost packets at every step" >&2; exit 1; }
+[ -n "$CV_BEST" ] || { echo "callveil lost packets or queued at every step" >&2; exit 1; }
+[ -n "$RE_BEST" ] || { echo "rtpengine lost packets or queued at every step" >&2; exit 1; }
 CV_PPS=$(echo "$CV_BEST" | field offered_pps); CV_CPU=$(echo "$CV_BEST" | field cpu_pct)
 RE_PPS=$(echo "$RE_BEST" | field offered_pps); RE_CPU=$(echo "$RE_BEST" | field cpu_pct)
 CV_STREAMS=$(echo "$CV_BEST" | field streams)
@@ -95,8 +99,8 @@ awk -v cvp="$CV_PPS" -v cvc="$CV_CPU" -v rep="$RE_PPS" -v rec="$RE_CPU" \
     -v c50="$(field p50_us < "$TMP/cv_half.txt")" -v c99="$(field p99_us < "$TMP/cv_half.txt")" \
     -v d50="$(field p50_us < "$TMP/direct.txt")" -v d99="$(field p99_us < "$TMP/direct.txt")" 'BEGIN {
   cvpc = cvp / (cvc / 100); repc = rep / (rec / 100);
-  printf "callveil : max loss-free %.0f pps at %.1f%% CPU -> %.0f pps per core\n", cvp, cvc, cvpc;
-  printf "rtpengine: max loss-free %.0f pps at %.1f%% CPU -> %.0f pps per core\n", rep, rec, repc;
+  printf "callveil : max sustainable %.0f pps at %.1f%% CPU -> %.0f pps per core\n", cvp, cvc, cvpc;
+  printf "rtpengine: max sustainable %.0f pps at %.1f%% CPU -> %.0f pps per core\n", rep, rec, repc;
   printf "ratio callveil/rtpengine per core: %.2f\n", cvpc / repc;
   printf "callveil added latency at half max: p50 %.1f us, p99 %.1f us (relay %.1f/%.1f, direct %.1f/%.1f)\n", c50 - d50, c99 - d99, c50, c99, d50, d99;
 }'
