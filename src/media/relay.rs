@@ -18,9 +18,10 @@
 //! over a stream that is already dead, and only until the real source speaks again after
 //! `relatch_after` of its own silence.
 //!
-//! Inactivity: a stream that relays no valid packet (RTP or RTCP, either direction) for
-//! `inactivity` (or `hold_timeout` while either leg has it on hold) produces
-//! [`RelayEvent::Inactive`]; the anchor then ends the call with BYE on both legs.
+//! Inactivity: a negotiated stream (both legs have sent SDP) that relays no valid packet (RTP or
+//! RTCP, either direction) for `inactivity` (or `hold_timeout` while either leg has it on hold)
+//! produces [`RelayEvent::Inactive`]; the proxy then ends the call with BYE on both legs if it is
+//! answered. A stream waiting for its answer never times out here.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -528,6 +529,10 @@ impl RelayCore {
         self.next_tick = if self.active > 0 { Some(now + self.config.tick) } else { None };
         for (id, s) in self.streams.iter_mut().enumerate() {
             let Some(s) = s else { continue };
+            // not negotiated yet (no answer): nothing is expected to flow
+            if s.legs.iter().any(|l| l.remote.rtp.is_none() && !l.remote.hold) {
+                continue;
+            }
             let hold = s.legs.iter().any(|l| l.remote.hold);
             let limit = if hold { self.config.hold_timeout } else { self.config.inactivity };
             if !s.reported && now.saturating_duration_since(s.last_activity) >= limit {
@@ -820,6 +825,20 @@ mod tests {
         let t = t + cfg.inactivity + cfg.tick * 2;
         c.handle_timeout(t);
         assert_eq!(c.poll_event(), Some(RelayEvent::Inactive { call: 8, stream: held }));
+    }
+
+    #[test]
+    fn unanswered_streams_do_not_time_out_until_the_answer() {
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[1] = Remote::default(); // offer forwarded, no answer yet
+        let id = c.add_stream(t0, st);
+        let late = t0 + RelayConfig::default().inactivity * 5;
+        c.handle_timeout(late);
+        assert_eq!(c.poll_event(), None, "ringing for minutes is normal");
+        c.update_stream(late, id, setup(false)); // the answer arrives: the clock starts
+        c.handle_timeout(late + RelayConfig::default().inactivity);
+        assert_eq!(c.poll_event(), Some(RelayEvent::Inactive { call: 7, stream: id }));
     }
 
     #[test]
