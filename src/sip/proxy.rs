@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Endpoint, Route, Settings, Transport};
 use crate::metrics::SipMetrics;
 use crate::pii::Pii;
-use crate::sip::dialog::{Dialogs, NewCall};
+use crate::sip::dialog::{DialogState, Dialogs, NewCall};
 use crate::sip::message::{self, Limits, Message, Method, Scheme, Uri, Via};
 use crate::sip::route::Router;
 use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
@@ -250,7 +250,11 @@ impl Proxy {
         }
         if self.anchor.poll_timeout().is_some_and(|at| at <= now) {
             for call_id in self.anchor.handle_timeout(now) {
-                self.end_call(now, &call_id, "media timeout");
+                // Ringing without media is normal (Timer C allows minutes): only answered calls
+                // end for lack of media. The relay restarts its clock when the 2xx's SDP arrives.
+                if self.dialogs.get(&call_id).is_some_and(|d| d.state == DialogState::Confirmed) {
+                    self.end_call(now, &call_id, "media timeout");
+                }
             }
         }
     }
