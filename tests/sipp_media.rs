@@ -95,6 +95,24 @@ async fn uac(call: &Call, xml: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Waits until the relay shards have flushed their counts (about once a second).
+async fn metric_at_least(running: &app::Running, needle: &str, min: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = running.metrics().encode();
+        let v = text
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if v >= min || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn finish(mut call: Call) -> (bool, String) {
     let out = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -181,6 +199,11 @@ async fn pcap_audio_arrives_byte_exact_through_callveil() {
     });
     let (ok, err) = uac_result;
     assert!(ok, "uac failed: {err}");
+    let relayed =
+        metric_at_least(&call.running, "callveil_media_packets_total{direction=\"caller_to_callee\"}", 236.0).await;
+    assert_eq!(relayed, 236.0, "every pcap packet counted once");
+    let tapped = metric_at_least(&call.running, "callveil_media_tap_frames_total", 100.0).await;
+    assert!(tapped >= 100.0, "tap frames counted: {tapped}");
     let (ok, err) = finish(call).await;
     assert!(ok, "uas failed: {err}");
 
