@@ -2,27 +2,32 @@
 //! and the `/metrics` server, and stops them on shutdown.
 //!
 //! One [`Metrics`] registry is built here and handed down; the proxy gets the addresses the
-//! listeners actually bound (port 0 resolved). Until the media relay exists the proxy anchors
-//! media with [`PassThrough`]. This module does not parse configuration, install the tracing
+//! listeners actually bound (port 0 resolved). Media is anchored by [`Anchor`] over the relay
+//! shards of [`MediaDriver`], which are stopped after the SIP driver. This module does not parse configuration, install the tracing
 //! subscriber or handle signals itself: [`run`] takes the shutdown future as a parameter so tests
 //! (and `main`, with [`shutdown_signal`]) decide when to stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::config::{Endpoint, Settings};
+use crate::media::anchor::{Anchor, AnchorConfig, TapOpener};
+use crate::media::relay::RelayConfig;
 use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
+use crate::net::rtp::{MediaDriver, MediaShutdown};
 use crate::net::{Driver, Listeners, NetConfig};
 use crate::sip::proxy::{Proxy, ProxyConfig};
-use crate::sip::sdp::PassThrough;
 
 /// A started callveil: SIP drivers and the metrics endpoint are serving.
 pub struct Running {
     driver: Driver,
+    media: Option<MediaShutdown>,
+    tap_opener: TapOpener,
     metrics_server: Option<MetricsServer>,
     metrics: Arc<Metrics>,
 }
@@ -42,13 +47,49 @@ impl Running {
         &self.metrics
     }
 
+    /// Opens recording taps by Call-ID (for the recording path, once recording is permitted).
+    pub fn tap_opener(&self) -> TapOpener {
+        self.tap_opener.clone()
+    }
+
     /// Closes every socket and waits for the drivers to end.
     pub async fn stop(self) {
         if let Some(m) = self.metrics_server {
             m.stop().await;
         }
         self.driver.stop().await;
+        if let Some(media) = self.media {
+            // joining threads that exit on one wake-up: quick, but off the runtime's workers
+            let _ = tokio::task::spawn_blocking(move || media.stop()).await;
+        }
     }
+}
+
+/// The relay shards and the anchor the proxy uses, from `[media]`.
+#[allow(clippy::disallowed_methods)] // the anchor's clock starts here; the proxy advances it
+fn media(settings: &Settings, metrics: &Metrics) -> anyhow::Result<(Anchor<MediaDriver>, MediaShutdown)> {
+    let m = &settings.raw.media;
+    let relay = RelayConfig {
+        inactivity: Duration::from_secs(m.inactivity_timeout_s),
+        hold_timeout: Duration::from_secs(m.hold_timeout_s),
+        flood_pps: m.flood_pps,
+        flood_burst: (m.flood_pps / 5).max(50),
+        ..RelayConfig::default()
+    };
+    let shards = match m.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (driver, shutdown) = MediaDriver::start(settings.media_bind, shards, relay, metrics.media.clone())
+        .context("starting the media relay")?;
+    let config = AnchorConfig {
+        advertise: settings.media_advertise,
+        ports: settings.media_ports,
+        quarantine: Duration::from_secs(m.quarantine_s),
+        // validated in config: one of same, plain, sdes
+        srtp: [m.srtp_to_caller.parse().unwrap_or_default(), m.srtp_to_callee.parse().unwrap_or_default()],
+    };
+    Ok((Anchor::new(Instant::now(), config, driver, metrics.media.clone()), shutdown))
 }
 
 /// Binds and starts everything, then returns. Must run inside a Tokio runtime.
@@ -58,12 +99,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .await
         .context("binding the SIP listeners")?;
     let bound = listeners.endpoints().to_vec();
-    let proxy =
-        Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(PassThrough));
+    let (anchor, media_shutdown) = media(&settings, &metrics)?;
+    let tap_opener = anchor.tap_opener();
+    let proxy = Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(anchor));
     let metrics = Arc::new(metrics);
     // Bound before the SIP driver starts, so a taken metrics port leaves nothing running.
     let metrics_server = match settings.metrics_listen {
-        Some(addr) => Some(MetricsServer::start(addr, metrics.clone()).await.context("starting /metrics")?),
+        Some(addr) => match MetricsServer::start(addr, metrics.clone()).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || media_shutdown.stop()).await;
+                return Err(e).context("starting /metrics");
+            }
+        },
         None => None,
     };
     let driver = listeners.spawn(proxy, metrics.sip.clone());
@@ -73,7 +121,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if let Some(m) = &metrics_server {
         tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
     }
-    Ok(Running { driver, metrics_server, metrics })
+    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics })
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly. Returns an error if binding fails or a

@@ -96,11 +96,36 @@ pub struct MediaConfig {
     pub bind: String,
     pub advertise: String,
     pub ports: String,
+    /// A call whose media stops for this long is ended with BYE on both legs.
+    pub inactivity_timeout_s: u64,
+    /// The same while a leg has the call on hold (phones may send nothing at all).
+    pub hold_timeout_s: u64,
+    /// A released port pair is not reused for this long.
+    pub quarantine_s: u64,
+    /// Relay threads; 0 means one per CPU.
+    pub shards: usize,
+    /// Per leg and stream: sustained packets per second before packets are dropped as a flood.
+    pub flood_pps: u32,
+    /// Media protection toward each leg when an offer is forwarded to it: `same` (SRTP exactly
+    /// when the offering leg used it), `plain` or `sdes`.
+    pub srtp_to_caller: String,
+    pub srtp_to_callee: String,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { bind: "127.0.0.1".into(), advertise: "127.0.0.1".into(), ports: "30000-39999".into() }
+        MediaConfig {
+            bind: "127.0.0.1".into(),
+            advertise: "127.0.0.1".into(),
+            ports: "30000-39999".into(),
+            inactivity_timeout_s: 60,
+            hold_timeout_s: 3600,
+            quarantine_s: 5,
+            shards: 0,
+            flood_pps: 1000,
+            srtp_to_caller: "same".into(),
+            srtp_to_callee: "same".into(),
+        }
     }
 }
 
@@ -351,6 +376,25 @@ impl Settings {
             ConfigError::new("media.advertise", format!("`{}` is not an IP address", raw.media.advertise))
         })?;
         let media_ports = raw.media.ports.parse().map_err(|p| ConfigError::new("media.ports", p))?;
+        if raw.media.inactivity_timeout_s == 0 {
+            return Err(ConfigError::new("media.inactivity_timeout_s", "must be at least 1"));
+        }
+        if raw.media.hold_timeout_s < raw.media.inactivity_timeout_s {
+            return Err(ConfigError::new("media.hold_timeout_s", "must not be below media.inactivity_timeout_s"));
+        }
+        if raw.media.flood_pps < 50 {
+            return Err(ConfigError::new("media.flood_pps", "must be at least 50 (one G.711 stream)"));
+        }
+        for (key, v) in
+            [("media.srtp_to_caller", &raw.media.srtp_to_caller), ("media.srtp_to_callee", &raw.media.srtp_to_callee)]
+        {
+            if !["same", "plain", "sdes"].contains(&v.as_str()) {
+                return Err(ConfigError::new(key, format!("`{v}` is not one of same, plain, sdes")));
+            }
+        }
+        if raw.media.shards > 256 {
+            return Err(ConfigError::new("media.shards", "at most 256"));
+        }
         let metrics_listen = if raw.metrics.listen.is_empty() {
             None
         } else {
@@ -409,6 +453,9 @@ mod tests {
         assert_eq!(e.key, "sip.routes[0].upstream[1]", "{e}");
         let e = err("[media]\nports = \"40000-30000\"\n");
         assert_eq!(e.key, "media.ports", "{e}");
+        assert_eq!(err("[media]\ninactivity_timeout_s = 0\n").key, "media.inactivity_timeout_s");
+        assert_eq!(err("[media]\nflood_pps = 10\n").key, "media.flood_pps");
+        assert_eq!(err("[media]\nsrtp_to_callee = \"maybe\"\n").key, "media.srtp_to_callee");
         let e = err("[consent]\nmode = \"maybe\"\n");
         assert_eq!(e.key, "consent.mode", "{e}");
         assert!(e.problem.contains("maybe"), "{e}");

@@ -13,6 +13,7 @@
 
 mod core_task;
 pub mod metrics_http;
+pub mod rtp;
 mod tcp;
 mod udp;
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Endpoint, Route, Settings, Transport};
 use crate::metrics::SipMetrics;
 use crate::pii::Pii;
-use crate::sip::dialog::{Dialogs, NewCall};
+use crate::sip::dialog::{DialogState, Dialogs, NewCall};
 use crate::sip::message::{self, Limits, Message, Method, Scheme, Uri, Via};
 use crate::sip::route::Router;
 use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
@@ -90,7 +90,8 @@ struct ServerEntry {
 enum ClientRole {
     /// Carries a forwarded request for the server transaction `server`.
     Forward { server: TxId },
-    /// A CANCEL callveil sent for a branch; its responses end here.
+    /// A request callveil originated (CANCEL for a branch, BYE from [`Proxy::end_call`]); its
+    /// responses end here.
     Cancel,
 }
 
@@ -143,6 +144,26 @@ struct RequestEdits {
     own_routes: usize,
 }
 
+/// What callveil needs to end an answered call itself (RFC 3261 §12.2.1.1, §15): per leg
+/// (indexed by [`leg_index`]) its remote target, the route set between callveil and it, the
+/// address its messages used, and the highest CSeq it has sent; plus the From and To values of
+/// the dialog as the caller sees them.
+struct Ending {
+    caller_from: String,
+    callee_to: String,
+    target: [Option<String>; 2],
+    routes: [Vec<message::NameAddr>; 2],
+    peer: [Option<Peer>; 2],
+    cseq: [u32; 2],
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::Caller => 0,
+        Leg::Callee => 1,
+    }
+}
+
 /// Where the next hop of a request is.
 enum NextHop {
     Peer(Peer),
@@ -164,6 +185,7 @@ pub struct Proxy {
     client_keys: HashMap<ClientKey, TxId>,
     contexts: HashMap<TxId, Context>,
     timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    endings: HashMap<String, Ending>,
     next_id: TxId,
     /// Mixed into branch ids so they are unique across restarts (RFC 3261 §8.1.1.7).
     secret: u64,
@@ -186,6 +208,7 @@ impl Proxy {
             client_keys: HashMap::new(),
             contexts: HashMap::new(),
             timers: BinaryHeap::new(),
+            endings: HashMap::new(),
             next_id: 1,
             secret: rand::random(),
         }
@@ -225,6 +248,101 @@ impl Proxy {
                 TimerRef::TimerC(id) => self.timer_c(now, id),
             }
         }
+        if self.anchor.poll_timeout().is_some_and(|at| at <= now) {
+            for call_id in self.anchor.handle_timeout(now) {
+                // Ringing without media is normal (Timer C allows minutes): only answered calls
+                // end for lack of media. The relay restarts its clock when the 2xx's SDP arrives.
+                if self.dialogs.get(&call_id).is_some_and(|d| d.state == DialogState::Confirmed) {
+                    self.end_call(now, &call_id, "media timeout");
+                }
+            }
+        }
+    }
+
+    /// Ends a call from the middle (media inactivity, an operator): an answered call gets a BYE
+    /// on each leg, carrying `Reason: SIP;cause=408;text="<reason>"` (RFC 3326); an unanswered
+    /// one is cancelled downstream, which answers the caller 487. The dialog and its media are
+    /// released at once; the BYEs' responses end at callveil. Returns false when callveil knows
+    /// no such call.
+    pub fn end_call(&mut self, now: Instant, call_id: &str, reason: &str) -> bool {
+        let reason: String = reason.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+        let Some(e) = self.endings.remove(call_id) else {
+            let pending = self
+                .contexts
+                .iter()
+                .find(|(_, c)| c.initial_invite && !c.final_sent && c.request.call_id() == call_id)
+                .map(|(id, _)| *id);
+            let Some(sid) = pending else {
+                self.anchor.release(call_id);
+                return false;
+            };
+            tracing::info!(reason = %reason, "ending an unanswered call");
+            if let Some(ctx) = self.contexts.get_mut(&sid) {
+                ctx.cancelled = true;
+                ctx.remaining.clear();
+                if ctx.provisional && !ctx.cancel_sent {
+                    self.send_cancel(now, sid);
+                }
+            }
+            return true;
+        };
+        tracing::info!(reason = %reason, "ending a call with BYE on both legs");
+        for leg in [Leg::Caller, Leg::Callee] {
+            let i = leg_index(leg);
+            let (from, to, cseq) = match leg {
+                // to the callee, as the caller: the caller's next CSeq
+                Leg::Callee => (&e.caller_from, &e.callee_to, e.cseq[0].wrapping_add(1)),
+                Leg::Caller => (&e.callee_to, &e.caller_from, e.cseq[1].wrapping_add(1)),
+            };
+            let hop = match (e.routes[i].first(), &e.target[i]) {
+                (Some(r), _) => Some(next_hop(&r.uri)),
+                (None, Some(t)) => Uri::parse(t).ok().map(|u| next_hop(&u)),
+                (None, None) => None,
+            };
+            let peer = match hop {
+                Some(NextHop::Peer(p)) => p,
+                _ => match e.peer[i] {
+                    Some(p) => p,
+                    None => {
+                        self.metrics.drop("bye_unroutable");
+                        continue;
+                    }
+                },
+            };
+            let ruri = e.target[i].clone().unwrap_or_else(|| format!("sip:{}", host_port(peer.addr)));
+            let via_ep = self.local(peer.transport, peer.addr.ip());
+            let branch = format!("z9hG4bK-bye{:x}{:x}", self.secret & 0xffff_ffff, self.next_id);
+            let mut b = format!(
+                "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\n",
+                peer.transport.as_str(),
+                host_port(via_ep.addr)
+            );
+            for r in &e.routes[i] {
+                b.push_str(&format!("Route: {}\r\n", r.raw));
+            }
+            b.push_str(&format!(
+                "Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\n\
+                 Reason: SIP;cause=408;text=\"{reason}\"\r\nContent-Length: 0\r\n\r\n"
+            ));
+            let bytes = b.into_bytes();
+            let cid = self.new_id();
+            let txn = ClientTransaction::new(
+                Kind::NonInvite,
+                now,
+                bytes.clone(),
+                peer.transport == Transport::Tcp,
+                self.config.timers,
+            );
+            let key = ClientKey { branch, method: Method::Bye };
+            self.client_keys.insert(key.clone(), cid);
+            self.clients.insert(cid, ClientEntry { key, txn, peer, role: ClientRole::Cancel });
+            self.metrics.transactions_in_flight.inc();
+            self.send(peer, bytes);
+            self.flush_client(now, cid);
+        }
+        self.dialogs.terminate(call_id);
+        self.anchor.release(call_id);
+        true
     }
 
     /// A TCP connection closed. Responses for requests that came on it will be sent on a new
@@ -272,7 +390,11 @@ impl Proxy {
     /// The earliest deadline, if any. May be early (a stale entry): calling `handle_timeout`
     /// then does nothing harmful.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.anchor.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Transactions alive (for tests and metrics).
@@ -401,6 +523,10 @@ impl Proxy {
         };
 
         let leg = if in_dialog { self.dialogs.leg_of_request(req.call_id(), req.from().tag()) } else { Leg::Caller };
+        if let Some(e) = self.endings.get_mut(req.call_id()) {
+            let i = leg_index(leg);
+            e.cseq[i] = e.cseq[i].max(req.cseq().seq);
+        }
         let initial_invite = method == Method::Invite && !in_dialog;
         let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
         if initial_invite {
@@ -821,8 +947,13 @@ impl Proxy {
                     let contact = resp.contacts().first().map(|c| Pii::new(c.uri.raw.clone()));
                     self.dialogs.callee_reached(resp.call_id(), contact, branch_peer);
                 }
+                let initial = ctx.initial_invite;
                 if ctx.method == Method::Bye && self.dialogs.terminate(resp.call_id()) {
+                    self.endings.remove(resp.call_id());
                     self.anchor.release(resp.call_id());
+                }
+                if initial {
+                    self.remember_ending(sid, branch_peer, &resp);
                 }
                 self.forward_response(now, sid, &resp, code);
             }
@@ -836,6 +967,31 @@ impl Proxy {
                 self.next_branch_or_final(now, sid, failover);
             }
         }
+    }
+
+    /// Keeps what [`Proxy::end_call`] needs from an answered initial INVITE.
+    fn remember_ending(&mut self, sid: TxId, branch_peer: Peer, resp: &Message) {
+        let Some(ctx) = self.contexts.get(&sid) else { return };
+        if self.endings.contains_key(resp.call_id()) {
+            return;
+        }
+        let req = &ctx.request;
+        // Record-Route values above ours were pushed by proxies toward the callee.
+        let mut callee_routes: Vec<message::NameAddr> =
+            resp.record_routes().iter().take_while(|r| !self.is_ours(&r.uri)).cloned().collect();
+        callee_routes.reverse();
+        let ending = Ending {
+            caller_from: req.from().raw.clone(),
+            callee_to: resp.to().raw.clone(),
+            target: [
+                req.contacts().first().map(|c| c.uri.raw.clone()),
+                resp.contacts().first().map(|c| c.uri.raw.clone()),
+            ],
+            routes: [req.record_routes().to_vec(), callee_routes],
+            peer: [self.servers.get(&sid).map(|s| s.peer), Some(branch_peer)],
+            cseq: [req.cseq().seq, 0],
+        };
+        self.endings.insert(resp.call_id().to_string(), ending);
     }
 
     /// The current branch ended without a 2xx: try the next upstream when allowed, else send the
@@ -904,6 +1060,7 @@ impl Proxy {
             }
         }
         if method == Method::Bye && self.dialogs.terminate(&call_id) {
+            self.endings.remove(&call_id);
             self.anchor.release(&call_id);
         }
         self.gc_context(sid);

@@ -7,6 +7,7 @@
 //! exists (and by the signaling-only benchmarks). It does not allocate ports or touch media.
 
 use std::fmt;
+use std::time::Instant;
 
 /// Which side of the proxy a description came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,6 +68,15 @@ pub trait MediaAnchor: Send {
     fn rewrite(&mut self, ctx: SdpContext<'_>, sdp: &[u8]) -> Result<Vec<u8>, AnchorError>;
     /// The call is over (BYE, CANCEL, failed INVITE, timeout): release whatever it holds.
     fn release(&mut self, call_id: &str);
+    /// When the anchor next needs [`MediaAnchor::handle_timeout`] (media checks, quarantine).
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// Time has reached `now`. Returns the Call-IDs whose media died (RTP inactivity): the proxy
+    /// ends those calls with BYE on both legs.
+    fn handle_timeout(&mut self, _now: Instant) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Forwards descriptions untouched after checking they look like SDP.

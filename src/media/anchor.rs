@@ -1,0 +1,655 @@
+//! [`Anchor`]: the [`MediaAnchor`] the proxy calls for every SDP offer and answer.
+//!
+//! For each anchorable m-line it holds two port pairs, one facing each leg, and rewrites the
+//! description so each leg sends to the pair facing it; the relay forwards between the two. It
+//! runs inside the proxy's core task, so it never waits: ports come from the in-memory
+//! [`PortAllocator`], and everything else goes to a [`MediaBackend`] that must return at once
+//! (the real one, `net::rtp::MediaDriver`, binds the sockets and queues a command to a shard).
+//!
+//! Bind failures are handled at allocation, before any SDP leaves: the backend binds the pair
+//! synchronously (a bind is a non-blocking system call, microseconds), and when another process
+//! holds a port the pair goes to a long quarantine and the next pair is tried, up to
+//! [`BIND_ATTEMPTS`] times; then the offer is answered 503 (`AnchorError::Exhausted`). So a
+//! description never names a port callveil does not hold.
+//!
+//! Ports are released on every call end the proxy reports (BYE, CANCEL, failed INVITE, timeout)
+//! and on media inactivity, which the anchor reports back through
+//! [`MediaAnchor::handle_timeout`] so the proxy ends the call on both legs.
+//!
+//! Policy for media it cannot anchor (TCP-based transports such as BFCP or MSRP over TCP): the
+//! m-line is rejected with port 0, because media callveil cannot see cannot be recorded or
+//! redacted and must not flow around it.
+//!
+//! SRTP (SDES, RFC 4568) is terminated on each leg that uses it: callveil decrypts with the key
+//! in that leg's SDP (so the tap sees plain audio) and encrypts toward it with a key of its own,
+//! written into the SDP sent to that leg; the other leg's key never crosses over. Whether an
+//! offer goes on as SRTP is [`SrtpPolicy`] per target leg; an answer always goes out in the
+//! profile its offerer used. An SRTP offer without a supported suite is refused with 488.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{self, SyncSender};
+use std::time::{Duration, Instant};
+
+use crate::config::PortRange;
+use crate::media::ports::PortAllocator;
+use crate::media::relay::{leg_index, Remote, StreamSetup};
+use crate::media::sdp::{self, CryptoPlan, MediaDesc, MediaPlan, PortPlan};
+use crate::media::srtp::SrtpKey;
+use crate::media::tap::TapFrame;
+use crate::metrics::MediaMetrics;
+use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext, SdpRole};
+
+/// Pairs tried when binding fails before the offer is refused.
+pub const BIND_ATTEMPTS: usize = 8;
+/// How often the anchor asks for a check (inactive calls reported by the relay, quarantine).
+const TICK: Duration = Duration::from_secs(1);
+
+/// One anchored m-line of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub call: u64,
+    pub index: u8,
+}
+
+/// What the anchor needs from the media driver. Every method must return without waiting.
+pub trait MediaBackend: Send {
+    /// The sockets of one bound pair (RTP and RTCP), passed back in [`MediaBackend::open`].
+    type Pair: Send;
+    /// Binds RTP on `rtp_port` and RTCP on `rtp_port + 1`.
+    fn bind(&mut self, rtp_port: u16) -> std::io::Result<Self::Pair>;
+    /// Starts relaying a stream; `pairs` is indexed by the leg they face.
+    fn open(&mut self, key: StreamKey, pairs: [Self::Pair; 2], setup: StreamSetup);
+    fn update(&mut self, key: StreamKey, setup: StreamSetup);
+    /// Stops relaying and closes the stream's sockets.
+    fn close(&mut self, key: StreamKey);
+    /// A call the relay found without media, if any is pending.
+    fn poll_inactive(&mut self) -> Option<u64>;
+    /// Opens the tap on both legs of a stream, feeding `sink`.
+    fn tap(&mut self, key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8>);
+}
+
+/// Opens recording taps by Call-ID: held by the recording path (the consent gate), which calls
+/// [`TapOpener::open`] at the moment recording becomes permitted. The request reaches the anchor
+/// at its next tick (within a second); audio before that is not tapped, which is the safe side.
+#[derive(Clone, Debug)]
+pub struct TapOpener {
+    tx: mpsc::Sender<(String, SyncSender<TapFrame>)>,
+}
+
+impl TapOpener {
+    /// Every anchored stream of the call (both legs) will feed `sink` from now on. Returns false
+    /// when the anchor is gone.
+    pub fn open(&self, call_id: &str, sink: SyncSender<TapFrame>) -> bool {
+        self.tx.send((call_id.to_string(), sink)).is_ok()
+    }
+}
+
+/// How callveil protects media toward a leg when forwarding an offer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// SRTP (with callveil's own key) exactly when the offering leg used SRTP.
+    #[default]
+    Same,
+    /// Always plain RTP (e.g. a PBX on a trusted network behind an SRTP carrier).
+    Plain,
+    /// Always SRTP with SDES.
+    Sdes,
+}
+
+impl std::str::FromStr for SrtpPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "same" => Ok(SrtpPolicy::Same),
+            "plain" => Ok(SrtpPolicy::Plain),
+            "sdes" => Ok(SrtpPolicy::Sdes),
+            _ => Err(format!("`{s}` is not one of same, plain, sdes")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AnchorConfig {
+    pub advertise: IpAddr,
+    pub ports: PortRange,
+    pub quarantine: Duration,
+    /// Indexed by the leg an offer is forwarded to.
+    pub srtp: [SrtpPolicy; 2],
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// Our RTP port facing each leg (RTCP is +1).
+    ports: [u16; 2],
+    setup: StreamSetup,
+    /// Payload type of RFC 4733 telephone-event, from the latest SDP that had one.
+    telephone_event: Option<u8>,
+    /// The SRTP key callveil encrypts with toward each leg (used when that leg is on SRTP).
+    our_keys: [SrtpKey; 2],
+    /// Whether each leg's latest SDP used SRTP, and the crypto tag it used.
+    srtp: [bool; 2],
+    tag: [u32; 2],
+}
+
+#[derive(Debug)]
+struct CallMedia {
+    key: u64,
+    streams: Vec<Option<Stream>>,
+}
+
+pub struct Anchor<B: MediaBackend> {
+    config: AnchorConfig,
+    ports: PortAllocator,
+    backend: B,
+    calls: HashMap<String, CallMedia>,
+    by_key: HashMap<u64, String>,
+    next_key: u64,
+    now: Instant,
+    metrics: MediaMetrics,
+    taps: mpsc::Receiver<(String, SyncSender<TapFrame>)>,
+    tap_opener: TapOpener,
+}
+
+impl<B: MediaBackend> Anchor<B> {
+    /// The handle the recording path uses to open taps.
+    pub fn tap_opener(&self) -> TapOpener {
+        self.tap_opener.clone()
+    }
+
+    /// `now` starts the anchor's clock; later times come from `handle_timeout`.
+    pub fn new(now: Instant, config: AnchorConfig, backend: B, metrics: MediaMetrics) -> Anchor<B> {
+        let (tx, taps) = mpsc::channel();
+        Anchor {
+            taps,
+            tap_opener: TapOpener { tx },
+            ports: PortAllocator::new(config.ports, config.quarantine),
+            config,
+            backend,
+            calls: HashMap::new(),
+            by_key: HashMap::new(),
+            next_key: 1,
+            now,
+            metrics,
+        }
+    }
+
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn gauges(&self) {
+        self.metrics.ports_in_use.set(self.ports.in_use() as i64);
+        self.metrics.ports_quarantined.set(self.ports.in_quarantine() as i64);
+    }
+
+    /// Allocates and binds one pair, skipping pairs that fail to bind.
+    fn bind_pair(&mut self) -> Result<(u16, B::Pair), AnchorError> {
+        for _ in 0..BIND_ATTEMPTS {
+            let Some(port) = self.ports.allocate(self.now) else {
+                return Err(AnchorError::Exhausted("no free media port pair".into()));
+            };
+            match self.backend.bind(port) {
+                Ok(pair) => return Ok((port, pair)),
+                Err(e) => {
+                    self.metrics.bind_failures.inc();
+                    tracing::warn!(port, error = %e.kind(), "media port pair cannot be bound; skipping it");
+                    self.ports.bind_failed(self.now, port);
+                }
+            }
+        }
+        Err(AnchorError::Exhausted("media ports cannot be bound".into()))
+    }
+
+    /// Both pairs of a new stream, or neither.
+    fn bind_two(&mut self) -> Result<[(u16, B::Pair); 2], AnchorError> {
+        let a = self.bind_pair()?;
+        match self.bind_pair() {
+            Ok(b) => Ok([a, b]),
+            Err(e) => {
+                self.ports.release(self.now, a.0);
+                Err(e)
+            }
+        }
+    }
+
+    fn remote(md: &MediaDesc) -> Remote {
+        let hold = md.on_hold();
+        let Some(ip) = md.addr.filter(|a| !a.is_unspecified()) else {
+            return Remote { rtp: None, rtcp: None, mux: md.rtcp_mux, hold, ..Remote::default() };
+        };
+        let rtp = (md.port != 0).then(|| SocketAddr::new(ip, md.port));
+        let rtcp = match md.rtcp {
+            Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(ip), port)),
+            None => md.port.checked_add(1).filter(|_| md.port != 0).map(|p| SocketAddr::new(ip, p)),
+        };
+        Remote { rtp, rtcp, mux: md.rtcp_mux, hold, ..Remote::default() }
+    }
+
+    fn release_call(&mut self, media: CallMedia) {
+        for (i, s) in media.streams.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            self.backend.close(StreamKey { call: media.key, index: i as u8 });
+            for p in s.ports {
+                self.ports.release(self.now, p);
+            }
+        }
+        self.by_key.remove(&media.key);
+        self.gauges();
+    }
+}
+
+impl<B: MediaBackend> MediaAnchor for Anchor<B> {
+    fn rewrite(&mut self, ctx: SdpContext<'_>, body: &[u8]) -> Result<Vec<u8>, AnchorError> {
+        let desc = sdp::parse(body)?;
+        let from = leg_index(ctx.from);
+        let toward = leg_index(ctx.from.other());
+        let mut media = match self.calls.remove(ctx.call_id) {
+            Some(m) => m,
+            None => {
+                let key = self.next_key;
+                self.next_key += 1;
+                CallMedia { key, streams: Vec::new() }
+            }
+        };
+        let mut plan: Vec<MediaPlan> = Vec::with_capacity(desc.media.len());
+        let mut result = Ok(());
+        for (i, md) in desc.media.iter().enumerate() {
+            if media.streams.len() <= i {
+                media.streams.push(None);
+            }
+            if !md.anchorable() {
+                plan.push(if md.port == 0 { PortPlan::Keep } else { PortPlan::Reject }.into());
+                continue;
+            }
+            // the key the sender encrypts with, if it uses SRTP with a suite callveil supports
+            let offered = md.crypto.iter().find_map(|c| SrtpKey::from_crypto(c).map(|k| (c.tag, k)));
+            if md.is_srtp() && md.port != 0 && offered.is_none() {
+                result = Err(AnchorError::NotAcceptable("no supported SRTP crypto suite".into()));
+                break;
+            }
+            let key = StreamKey { call: media.key, index: i as u8 };
+            let mut pairs = None;
+            if media.streams[i].is_none() {
+                if md.port == 0 {
+                    plan.push(PortPlan::Keep.into());
+                    continue;
+                }
+                match self.bind_two() {
+                    Ok([(pa, sa), (pb, sb)]) => {
+                        pairs = Some([sa, sb]);
+                        media.streams[i] = Some(Stream {
+                            ports: [pa, pb],
+                            setup: StreamSetup { call: media.key, remote: [Remote::default(); 2], clock_rate: 8000 },
+                            telephone_event: None,
+                            our_keys: [SrtpKey::generate(false), SrtpKey::generate(false)],
+                            srtp: [false; 2],
+                            tag: [1; 2],
+                        });
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let Some(s) = media.streams[i].as_mut() else { continue };
+            s.srtp[from] = offered.is_some();
+            if let Some((tag, k)) = offered {
+                s.tag[from] = tag;
+                // if callveil answers this leg, it must use the suite the leg chose
+                if s.our_keys[from].tag32 != k.tag32 {
+                    s.our_keys[from] = SrtpKey::generate(k.tag32);
+                }
+            }
+            let toward_srtp = match ctx.role {
+                SdpRole::Offer => match self.config.srtp[toward] {
+                    SrtpPolicy::Same => offered.is_some(),
+                    SrtpPolicy::Plain => false,
+                    SrtpPolicy::Sdes => true,
+                },
+                // an answer goes out in the profile the other leg offered
+                SdpRole::Answer => s.srtp[toward],
+            };
+            let our_tx_from = s.setup.remote[from].srtp_tx;
+            s.setup.remote[from] =
+                Remote { srtp_rx: offered.map(|(_, k)| k), srtp_tx: our_tx_from, ..Self::remote(md) };
+            s.setup.remote[toward].srtp_tx = toward_srtp.then_some(s.our_keys[toward]);
+            s.setup.clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
+            let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
+            s.telephone_event = te.or(s.telephone_event);
+            match pairs {
+                Some(pairs) => self.backend.open(key, pairs, s.setup),
+                None => self.backend.update(key, s.setup),
+            }
+            if md.port == 0 {
+                plan.push(PortPlan::Keep.into());
+                continue;
+            }
+            let tag = match ctx.role {
+                SdpRole::Answer => s.tag[toward],
+                SdpRole::Offer => s.tag[from],
+            };
+            plan.push(MediaPlan {
+                port: PortPlan::Anchor(s.ports[toward]),
+                proto: (toward_srtp != md.is_srtp()).then(|| sdp::toggle_srtp(&md.proto, toward_srtp)),
+                crypto: if toward_srtp {
+                    CryptoPlan::Replace(s.our_keys[toward].attribute(tag))
+                } else if md.is_srtp() {
+                    CryptoPlan::Remove
+                } else {
+                    CryptoPlan::Keep
+                },
+            });
+        }
+        self.by_key.insert(media.key, ctx.call_id.to_string());
+        self.calls.insert(ctx.call_id.to_string(), media);
+        self.gauges();
+        result?;
+        sdp::rewrite(body, self.config.advertise, &plan)
+    }
+
+    fn release(&mut self, call_id: &str) {
+        if let Some(media) = self.calls.remove(call_id) {
+            self.release_call(media);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let quarantine = self.ports.next_expiry();
+        let tick = (!self.calls.is_empty()).then_some(self.now + TICK);
+        match (quarantine, tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
+        self.now = self.now.max(now);
+        while let Ok((call_id, sink)) = self.taps.try_recv() {
+            let Some(media) = self.calls.get(&call_id) else { continue };
+            for (i, s) in media.streams.iter().enumerate() {
+                if let Some(s) = s {
+                    self.backend.tap(StreamKey { call: media.key, index: i as u8 }, sink.clone(), s.telephone_event);
+                }
+            }
+        }
+        let mut ended = Vec::new();
+        while let Some(key) = self.backend.poll_inactive() {
+            if let Some(call_id) = self.by_key.get(&key).cloned() {
+                if !ended.contains(&call_id) {
+                    self.metrics.inactivity_timeouts.inc();
+                    ended.push(call_id);
+                }
+            }
+        }
+        // expire quarantine here too, so poll_timeout moves on and the gauges stay right
+        self.ports.expire(self.now);
+        self.gauges();
+        ended
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // virtual time starts from one real instant
+mod tests {
+    use super::*;
+    use crate::sip::sdp::{Leg, SdpRole};
+    use std::collections::HashSet;
+
+    /// Records commands; ports in `taken` fail to bind.
+    #[derive(Default)]
+    struct Fake {
+        taken: HashSet<u16>,
+        open: HashMap<StreamKey, StreamSetup>,
+        inactive: Vec<u64>,
+        tapped: Vec<(StreamKey, Option<u8>)>,
+    }
+
+    impl MediaBackend for Fake {
+        type Pair = u16;
+        fn bind(&mut self, rtp_port: u16) -> std::io::Result<u16> {
+            if self.taken.contains(&rtp_port) {
+                return Err(std::io::ErrorKind::AddrInUse.into());
+            }
+            Ok(rtp_port)
+        }
+        fn open(&mut self, key: StreamKey, _pairs: [u16; 2], setup: StreamSetup) {
+            assert!(self.open.insert(key, setup).is_none(), "opened twice");
+        }
+        fn update(&mut self, key: StreamKey, setup: StreamSetup) {
+            *self.open.get_mut(&key).expect("update of an unknown stream") = setup;
+        }
+        fn close(&mut self, key: StreamKey) {
+            assert!(self.open.remove(&key).is_some(), "closed twice");
+        }
+        fn poll_inactive(&mut self) -> Option<u64> {
+            self.inactive.pop()
+        }
+        fn tap(&mut self, key: StreamKey, _sink: SyncSender<TapFrame>, telephone_event: Option<u8>) {
+            self.tapped.push((key, telephone_event));
+        }
+    }
+
+    fn anchor(first: u16, last: u16) -> (Anchor<Fake>, Instant) {
+        let t0 = Instant::now();
+        let cfg = AnchorConfig {
+            advertise: "203.0.113.1".parse().unwrap(),
+            ports: PortRange { first, last },
+            quarantine: Duration::from_secs(5),
+            srtp: [SrtpPolicy::Same; 2],
+        };
+        (Anchor::new(t0, cfg, Fake::default(), MediaMetrics::default()), t0)
+    }
+
+    fn sdp(ip: &str, port: u16, extra: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\n{extra}"
+        )
+        .into_bytes()
+    }
+
+    fn ctx(call_id: &str, from: Leg, role: SdpRole) -> SdpContext<'_> {
+        SdpContext { call_id, from, role }
+    }
+
+    fn m_port(body: &[u8]) -> u16 {
+        let d = sdp::parse(body).unwrap();
+        d.media[0].port
+    }
+
+    #[test]
+    fn offer_and_answer_get_one_pair_per_leg() {
+        let (mut a, _) = anchor(30000, 30099);
+        let offer = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        let answer = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let text = String::from_utf8(offer.clone()).unwrap();
+        assert!(text.contains("c=IN IP4 203.0.113.1\r\n"), "{text}");
+        // the callee is told the pair facing it; the caller the pair facing it
+        assert_eq!(m_port(&offer), 30002);
+        assert_eq!(m_port(&answer), 30000);
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert_eq!(setup.remote[0].rtp, Some("192.0.2.1:4000".parse().unwrap()));
+        assert_eq!(setup.remote[1].rtp, Some("198.51.100.2:5000".parse().unwrap()));
+        assert_eq!(setup.remote[1].rtcp, Some("198.51.100.2:5001".parse().unwrap()));
+        assert_eq!(a.ports().in_use(), 2);
+    }
+
+    #[test]
+    fn reinvite_hold_and_unhold_keep_the_ports() {
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        // the callee puts the call on hold with a re-INVITE, from a new port
+        let hold =
+            a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &sdp("198.51.100.2", 5100, "a=sendonly\r\n")).unwrap();
+        assert_eq!(m_port(&hold), 30000);
+        assert!(String::from_utf8(hold).unwrap().ends_with("a=sendonly\r\n"));
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert!(setup.remote[1].hold);
+        assert_eq!(setup.remote[1].rtp, Some("198.51.100.2:5100".parse().unwrap()));
+        let resume =
+            a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &sdp("198.51.100.2", 5100, "a=sendrecv\r\n")).unwrap();
+        assert_eq!(m_port(&resume), 30000);
+        assert!(!a.backend().open[&StreamKey { call: 1, index: 0 }].remote[1].hold);
+        assert_eq!(a.ports().in_use(), 2);
+    }
+
+    #[test]
+    fn added_and_rejected_streams() {
+        let (mut a, _) = anchor(30000, 30099);
+        let two = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\nm=message 4010 TCP/MSRP *\r\n";
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), two).unwrap();
+        let d = sdp::parse(&out).unwrap();
+        assert_eq!(d.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30002, 0, 0]);
+        assert_eq!(a.ports().in_use(), 2, "only the audio stream holds ports");
+        // re-INVITE enables video: it gets its own pairs
+        let video = b"v=0\r\no=- 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=message 0 TCP/MSRP *\r\n";
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), video).unwrap();
+        let d = sdp::parse(&out).unwrap();
+        assert_eq!(d.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30002, 30006, 0]);
+        assert_eq!(a.ports().in_use(), 4);
+    }
+
+    #[test]
+    fn release_returns_every_port_after_quarantine() {
+        let (mut a, t0) = anchor(30000, 30099);
+        for i in 0..10 {
+            let id = format!("call-{i}");
+            a.rewrite(ctx(&id, Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        }
+        assert_eq!(a.ports().in_use(), 20);
+        for i in 0..10 {
+            a.release(&format!("call-{i}"));
+        }
+        a.release("never-existed");
+        assert_eq!(a.ports().in_use(), 0);
+        assert_eq!(a.ports().in_quarantine(), 20);
+        assert!(a.backend().open.is_empty());
+        assert_eq!(a.calls(), 0);
+        let t = a.poll_timeout().unwrap();
+        assert_eq!(t, t0 + Duration::from_secs(5));
+        a.handle_timeout(t);
+        assert_eq!(a.ports().in_quarantine(), 0);
+        assert_eq!(a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn exhaustion_is_503_and_leaks_nothing() {
+        let (mut a, _) = anchor(30000, 30007); // 4 pairs: two streams
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        let e = a.rewrite(ctx("c3", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap_err();
+        assert_eq!(e.status().0, 503);
+        a.release("c3"); // what the proxy does after refusing
+        assert_eq!(a.ports().in_use(), 4);
+        assert_eq!(a.calls(), 2);
+    }
+
+    #[test]
+    fn bind_failure_skips_the_pair() {
+        let (mut a, _) = anchor(30000, 30099);
+        a.backend.taken.insert(30000);
+        let out = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        assert_eq!(m_port(&out), 30004, "30000 is skipped; 30002 faces the caller");
+        assert_eq!(a.metrics.bind_failures.get(), 1);
+        // every port taken: refused after BIND_ATTEMPTS, nothing held
+        let (mut a, _) = anchor(30000, 30099);
+        a.backend.taken = (30000..30100).collect();
+        let e = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap_err();
+        assert_eq!(e.status().0, 503);
+        a.release("c1");
+        assert_eq!(a.ports().in_use(), 0);
+    }
+
+    #[test]
+    fn bad_sdp_is_488() {
+        let (mut a, _) = anchor(30000, 30099);
+        let e = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), b"v=0\r\nm=audio x RTP/AVP 0\r\n").unwrap_err();
+        assert_eq!(e.status().0, 488);
+        a.release("c1");
+        assert_eq!(a.ports().in_use(), 0);
+    }
+
+    #[test]
+    fn taps_open_by_call_id_at_the_next_tick() {
+        let (mut a, t0) = anchor(30000, 30099);
+        let rtpmap = "a=rtpmap:101 telephone-event/8000\r\n";
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, rtpmap)).unwrap();
+        let opener = a.tap_opener();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(8);
+        assert!(opener.open("c1", tx.clone()));
+        assert!(opener.open("no-such-call", tx));
+        assert!(a.backend().tapped.is_empty(), "nothing before the tick");
+        a.handle_timeout(t0 + TICK);
+        assert_eq!(a.backend().tapped, vec![(StreamKey { call: 1, index: 0 }, Some(101))]);
+    }
+
+    #[test]
+    fn srtp_carrier_plain_pbx() {
+        let carrier_key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20";
+        let offer = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:5 AES_CM_128_HMAC_SHA1_80 {carrier_key}\r\n"
+        );
+        for (policy, pbx_srtp) in [(SrtpPolicy::Plain, false), (SrtpPolicy::Same, true)] {
+            let (mut a, _) = anchor(30000, 30099);
+            a.config.srtp[1] = policy;
+            let to_pbx = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), offer.as_bytes()).unwrap();
+            let d = sdp::parse(&to_pbx).unwrap();
+            let text = String::from_utf8(to_pbx.clone()).unwrap();
+            assert!(!text.contains("WVNf"), "the carrier's key never reaches the PBX");
+            assert_eq!(d.media[0].is_srtp(), pbx_srtp, "{text}");
+            assert_eq!(d.media[0].crypto.len(), usize::from(pbx_srtp));
+            // the PBX answers in the profile it was offered
+            let answer = if pbx_srtp {
+                let k = SrtpKey::generate(false).attribute(5);
+                format!(
+                    "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:{k}\r\n"
+                )
+                .into_bytes()
+            } else {
+                sdp("198.51.100.2", 5000, "")
+            };
+            let to_carrier = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &answer).unwrap();
+            let d = sdp::parse(&to_carrier).unwrap();
+            assert!(d.media[0].is_srtp(), "the carrier gets the SRTP answer it asked for");
+            assert_eq!(d.media[0].crypto.len(), 1);
+            assert_eq!(d.media[0].crypto[0].tag, 5, "answer uses the offered tag");
+            let ours = SrtpKey::from_crypto(&d.media[0].crypto[0]).unwrap();
+            let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+            let carrier = SrtpKey::from_crypto(&sdp::parse(offer.as_bytes()).unwrap().media[0].crypto[0]).unwrap();
+            assert_eq!(setup.remote[0].srtp_rx, Some(carrier), "callveil decrypts the carrier");
+            assert_eq!(setup.remote[0].srtp_tx, Some(ours), "and encrypts toward it with the key it announced");
+            assert_ne!(ours, carrier);
+            assert_eq!(setup.remote[1].srtp_rx.is_some(), pbx_srtp);
+            assert_eq!(setup.remote[1].srtp_tx.is_some(), pbx_srtp);
+        }
+        // an SRTP offer with no suite callveil supports is refused
+        let (mut a, _) = anchor(30000, 30099);
+        let bad =
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        assert_eq!(a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), bad.as_bytes()).unwrap_err().status().0, 488);
+    }
+
+    #[test]
+    fn inactive_calls_are_reported_once_by_call_id() {
+        let (mut a, t0) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        assert_eq!(a.poll_timeout(), Some(t0 + TICK));
+        a.backend.inactive = vec![1, 1, 99];
+        assert_eq!(a.handle_timeout(t0 + TICK), vec!["c1".to_string()]);
+        assert_eq!(a.metrics.inactivity_timeouts.get(), 1);
+    }
+}
