@@ -66,6 +66,8 @@ pub enum StreamTag {
     Audio(u8),
     /// Redacted transcript segments.
     Transcript,
+    /// The sealed call identity (call id, caller, callee) kept in the metadata row.
+    Parties,
 }
 
 impl StreamTag {
@@ -73,6 +75,7 @@ impl StreamTag {
         match self {
             StreamTag::Audio(c) => c & 0x7f,
             StreamTag::Transcript => 0xf0,
+            StreamTag::Parties => 0xf1,
         }
     }
 
@@ -80,6 +83,7 @@ impl StreamTag {
         match b {
             0..=0x7f => Some(StreamTag::Audio(b)),
             0xf0 => Some(StreamTag::Transcript),
+            0xf1 => Some(StreamTag::Parties),
             _ => None,
         }
     }
@@ -89,6 +93,7 @@ impl StreamTag {
         match self {
             StreamTag::Audio(c) => format!("ch{c}"),
             StreamTag::Transcript => "tx".to_string(),
+            StreamTag::Parties => "parties".to_string(),
         }
     }
 
