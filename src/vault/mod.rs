@@ -35,6 +35,7 @@ use self::meta::{
 use self::retention::RetentionPolicy;
 use self::sink::Party;
 use crate::config::{ConfigError, Settings};
+use crate::metrics::VaultMetrics;
 use crate::pii::Pii;
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +226,7 @@ pub struct Vault {
     retention: RetentionPolicy,
     chunk_ms: u32,
     dir: PathBuf,
+    metrics: VaultMetrics,
 }
 
 impl std::fmt::Debug for Vault {
@@ -256,7 +258,17 @@ impl Vault {
             retention: opts.retention,
             chunk_ms: opts.chunk_ms,
             dir: opts.dir,
+            metrics: VaultMetrics::default(),
         })
+    }
+
+    /// Counts into `m` (clones of the registered families) from now on.
+    pub fn set_metrics(&mut self, m: VaultMetrics) {
+        self.metrics = m;
+    }
+
+    pub fn metrics(&self) -> &VaultMetrics {
+        &self.metrics
     }
 
     pub fn dir(&self) -> &Path {
@@ -524,7 +536,9 @@ impl Vault {
             recording_id: Some(id.into()),
             detail: format!("reason={reason}"),
         };
-        Ok(self.block(self.meta.erase(id, &tomb, &audit))??)
+        self.block(self.meta.erase(id, &tomb, &audit))??;
+        self.metrics.erased(reason);
+        Ok(())
     }
 
     /// Erases every recording whose caller number matches `number` (after normalisation).
@@ -626,6 +640,7 @@ impl Vault {
                 &format!("finalised as truncated; discarded={discarded}"),
                 now,
             )?;
+            self.metrics.recordings_recovered.inc();
             done.push(id);
         }
         Ok(done)

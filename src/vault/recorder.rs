@@ -60,6 +60,17 @@ fn backend(e: VaultError) -> SinkError {
     SinkError::Backend(e.to_string())
 }
 
+/// Input the sink refuses (counted as `bad_input`; storage failures come from [`backend`]).
+fn reject(problem: String) -> SinkError {
+    SinkError::Backend(format!("{REJECTED}{problem}"))
+}
+
+const REJECTED: &str = "rejected: ";
+
+/// Longest recording timeline accepted: audio placed later than this is refused at write time,
+/// so a bad timestamp cannot make a stored recording unreadable.
+const MAX_TIMELINE_MS: u64 = 24 * 3_600_000;
+
 fn new_id() -> RecordingId {
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
@@ -94,7 +105,10 @@ impl Recorder {
     ) -> Result<(), SinkError> {
         let obj = crypto::seal_chunk(key, &id.0, stream, index, last, pt)
             .map_err(|source| backend(VaultError::Crypto { id: id.0.clone(), source }))?;
-        self.vault.blobs().put(&chunk_key(&id.0, stream, index), &obj).map_err(|e| backend(e.into()))
+        self.vault.blobs().put(&chunk_key(&id.0, stream, index), &obj).map_err(|e| backend(e.into()))?;
+        self.vault.metrics().chunks_sealed.inc();
+        self.vault.metrics().bytes_sealed.inc_by(pt.len() as u64);
+        Ok(())
     }
 
     /// Seals the stream's buffer as its next chunk (if it holds anything, or if `last`).
@@ -117,13 +131,13 @@ impl Recorder {
     }
 }
 
-impl RecordingSink for Recorder {
-    fn open(&mut self, meta: RecordingMeta) -> Result<RecordingId, SinkError> {
+impl Recorder {
+    fn open_inner(&mut self, meta: RecordingMeta) -> Result<RecordingId, SinkError> {
         if meta.channels.is_empty() || meta.channels.len() > 8 {
-            return Err(SinkError::Backend(format!("{} channels: between 1 and 8 are supported", meta.channels.len())));
+            return Err(reject(format!("{} channels: between 1 and 8 are supported", meta.channels.len())));
         }
         if !(8_000..=48_000).contains(&meta.sample_rate) {
-            return Err(SinkError::Backend(format!("sample rate {} Hz is not supported", meta.sample_rate)));
+            return Err(reject(format!("sample rate {} Hz is not supported", meta.sample_rate)));
         }
         let id = new_id();
         let key = DataKey::generate();
@@ -139,7 +153,7 @@ impl RecordingSink for Recorder {
             .map_err(|source| backend(VaultError::Crypto { id: id.0.clone(), source }))?;
         if let LawfulBasis::Other { name } = &meta.basis {
             if name.is_empty() {
-                return Err(SinkError::Backend("lawful basis name is empty".into()));
+                return Err(reject("lawful basis name is empty".into()));
             }
         }
         let row = NewRecording {
@@ -177,14 +191,14 @@ impl RecordingSink for Recorder {
         Ok(id)
     }
 
-    fn audio(&mut self, id: &RecordingId, audio: ClearedAudio) -> Result<(), SinkError> {
+    fn audio_inner(&mut self, id: &RecordingId, audio: ClearedAudio) -> Result<(), SinkError> {
         let rec = self.open.get_mut(id).ok_or_else(|| SinkError::UnknownRecording(id.clone()))?;
         if audio.sample_rate() != rec.sample_rate {
-            return Err(SinkError::Backend(format!(
-                "audio at {} Hz for a {} Hz recording",
-                audio.sample_rate(),
-                rec.sample_rate
-            )));
+            return Err(reject(format!("audio at {} Hz for a {} Hz recording", audio.sample_rate(), rec.sample_rate)));
+        }
+        let len_ms = audio.samples().len() as u64 * 1000 / u64::from(rec.sample_rate);
+        if audio.start_ms().saturating_add(len_ms) > MAX_TIMELINE_MS {
+            return Err(reject(format!("audio at {} ms is beyond the 24 h timeline", audio.start_ms())));
         }
         let stream = StreamTag::Audio(audio.channel());
         let chunk_samples = rec.chunk_samples;
@@ -218,8 +232,14 @@ impl RecordingSink for Recorder {
         Ok(())
     }
 
-    fn transcript(&mut self, id: &RecordingId, segment: TranscriptSegment) -> Result<(), SinkError> {
+    fn transcript_inner(&mut self, id: &RecordingId, segment: TranscriptSegment) -> Result<(), SinkError> {
         let rec = self.open.get_mut(id).ok_or_else(|| SinkError::UnknownRecording(id.clone()))?;
+        if !rec.streams.contains_key(&StreamTag::Audio(segment.channel)) {
+            return Err(reject(format!("transcript for channel {} not in the layout", segment.channel)));
+        }
+        if segment.end_ms < segment.start_ms || segment.text.expose().len() > 1 << 20 {
+            return Err(reject("transcript segment with end before start, or over 1 MiB".into()));
+        }
         let sb = rec.streams.get_mut(&StreamTag::Transcript).ok_or_else(|| SinkError::UnknownRecording(id.clone()))?;
         if sb.buf.len() + 21 + segment.text.expose().len() > sb.buf.capacity() {
             sb.buf = Zeroizing::new(Vec::with_capacity(21 + segment.text.expose().len()));
@@ -228,14 +248,14 @@ impl RecordingSink for Recorder {
         self.flush(id, StreamTag::Transcript, false)
     }
 
-    fn span(&mut self, id: &RecordingId, span: RedactionSpan) -> Result<(), SinkError> {
+    fn span_inner(&mut self, id: &RecordingId, span: RedactionSpan) -> Result<(), SinkError> {
         if !self.open.contains_key(id) {
             return Err(SinkError::UnknownRecording(id.clone()));
         }
         self.vault.block(self.vault.meta().add_span(&id.0, &span)).map_err(backend)?.map_err(|e| backend(e.into()))
     }
 
-    fn close(&mut self, id: &RecordingId, reason: CloseReason) -> Result<(), SinkError> {
+    fn close_inner(&mut self, id: &RecordingId, reason: CloseReason) -> Result<(), SinkError> {
         if !self.open.contains_key(id) {
             return Err(SinkError::UnknownRecording(id.clone()));
         }
@@ -247,7 +267,12 @@ impl RecordingSink for Recorder {
                 .block(self.vault.meta().finish(&id.0, RecordingState::Revoked, ms(now)))
                 .map_err(backend)?
                 .map_err(|e| backend(e.into()))?;
+            self.vault.metrics().closed("revoked");
             let row = self.vault.get(&id.0).map_err(backend)?;
+            if row.legal_hold {
+                // Legal hold outranks the purge: the sealed part stays, marked revoked.
+                return self.vault.audit("recorder", "purge.held", Some(&id.0), "", now).map_err(backend);
+            }
             return self.vault.erase_row(&row, "revoked", "recorder", now).map_err(backend);
         }
         let mut streams: Vec<StreamTag> =
@@ -266,6 +291,57 @@ impl RecordingSink for Recorder {
             .block(self.vault.meta().finish(&id.0, state, ms(now)))
             .map_err(backend)?
             .map_err(|e| backend(e.into()))?;
+        self.vault.metrics().closed(state.as_str());
         Ok(())
+    }
+}
+
+impl Recorder {
+    /// Counts a failed sink call by kind; the error itself goes back to the pipeline unchanged.
+    fn track<T>(&self, r: Result<T, SinkError>) -> Result<T, SinkError> {
+        if let Err(e) = &r {
+            let m = self.vault.metrics();
+            match e {
+                SinkError::UnknownRecording(_) => m.sink_error("unknown_recording"),
+                SinkError::Backend(msg) if msg.starts_with(REJECTED) => m.sink_error("bad_input"),
+                _ => m.sink_error("storage"),
+            }
+        }
+        r
+    }
+}
+
+impl RecordingSink for Recorder {
+    fn open(&mut self, meta: RecordingMeta) -> Result<RecordingId, SinkError> {
+        let r = self.open_inner(meta);
+        if r.is_ok() {
+            self.vault.metrics().recordings_opened.inc();
+            self.vault.metrics().recordings_open.inc();
+        }
+        self.track(r)
+    }
+
+    fn audio(&mut self, id: &RecordingId, audio: ClearedAudio) -> Result<(), SinkError> {
+        let r = self.audio_inner(id, audio);
+        self.track(r)
+    }
+
+    fn transcript(&mut self, id: &RecordingId, segment: TranscriptSegment) -> Result<(), SinkError> {
+        let r = self.transcript_inner(id, segment);
+        self.track(r)
+    }
+
+    fn span(&mut self, id: &RecordingId, span: RedactionSpan) -> Result<(), SinkError> {
+        let r = self.span_inner(id, span);
+        self.track(r)
+    }
+
+    fn close(&mut self, id: &RecordingId, reason: CloseReason) -> Result<(), SinkError> {
+        let was_open = self.open.contains_key(id);
+        let r = self.close_inner(id, reason);
+        if was_open && !self.open.contains_key(id) {
+            self.vault.metrics().recordings_open.dec();
+        }
+        self.track(r)
     }
 }

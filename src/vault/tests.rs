@@ -445,3 +445,51 @@ fn kill_9_mid_recording() {
     let (_, again) = Recorder::start(Vault::open(options(dir.path(), 200)).unwrap(), Box::new(|| t(901))).unwrap();
     assert!(again.is_empty());
 }
+
+#[test]
+fn metrics_count_recordings_chunks_errors_and_erasures() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = crate::metrics::Metrics::new();
+    let mut vault = Vault::open(options(dir.path(), 500)).unwrap();
+    vault.set_metrics(metrics.vault.clone());
+    let (mut rec, _) = Recorder::start(vault, Box::new(|| t(600))).unwrap();
+    let id = record_call(&mut rec, CALLER, "support");
+    let open = rec.open(meta(CALLER, "support", None)).unwrap();
+    // Audio placed beyond 24 h is refused up front, so it cannot make the recording unreadable.
+    let late = ClearedAudio::cleared(0, 24 * 3_600_000, RATE, vec![0; 160]);
+    assert!(matches!(rec.audio(&open, late), Err(SinkError::Backend(m)) if m.contains("24 h")));
+    assert!(rec
+        .transcript(&open, TranscriptSegment { channel: 9, start_ms: 0, end_ms: 1, text: Pii::new("x".into()) })
+        .is_err());
+    assert!(rec
+        .span(&RecordingId("ghost".into()), RedactionSpan { channel: 0, start_ms: 0, end_ms: 1, kind: SpanKind::Pan })
+        .is_err());
+    rec.vault().erase(&id.0, "erasure_request", "dpo", t(700)).unwrap();
+    let text = metrics.encode();
+    for line in [
+        "callveil_vault_recordings_opened_total 2",
+        "callveil_vault_recordings_open 1",
+        "callveil_vault_recordings_closed_total{kind=\"complete\"} 1",
+        "callveil_vault_sink_errors_total{kind=\"bad_input\"} 2",
+        "callveil_vault_sink_errors_total{kind=\"unknown_recording\"} 1",
+        "callveil_vault_erasures_total{kind=\"erasure_request\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    // 150 frames of 20 ms at 500 ms chunks: 6 chunks + final per channel, plus 2 transcript + final.
+    assert!(text.contains("callveil_vault_chunks_sealed_total 17"), "{text}");
+    assert!(!text.contains("600"), "no personal data in metrics");
+}
+
+#[test]
+fn legal_hold_outranks_a_revocation_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = recorder(dir.path(), 200);
+    let id = rec.open(meta(CALLER, "support", None)).unwrap();
+    write_frames(&mut rec, &id, 0, 20);
+    rec.vault().set_hold(&id.0, true, "dpo", t(5)).unwrap();
+    rec.close(&id, CloseReason::Revoked { purge: true }).unwrap();
+    let row = rec.vault().get(&id.0).unwrap();
+    assert_eq!(row.state, RecordingState::Revoked);
+    assert!(rec.vault().audit_log(Some(&id.0)).unwrap().iter().any(|e| e.action == "purge.held"));
+}
