@@ -373,7 +373,22 @@ impl Keyring {
         let shown = path.display().to_string();
         let err = |problem: String| CryptoError::KeyFile { path: shown.clone(), problem };
         match std::fs::read_to_string(path) {
-            Ok(text) => Keyring::parse(&Zeroizing::new(text), &shown),
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode =
+                        std::fs::metadata(path).map_err(|e| err(format!("cannot stat: {e}")))?.permissions().mode();
+                    if mode & 0o077 != 0 {
+                        return Err(err(format!(
+                            "readable by group or others (mode {:o}); run `chmod 600` on it",
+                            mode & 0o777
+                        )));
+                    }
+                }
+                Keyring::parse(&text, &shown)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let text = Zeroizing::new(Keyring::generate_file_text("k1"));
                 write_secret_file(path, text.as_bytes(), false).map_err(|e| err(format!("cannot create: {e}")))?;
@@ -629,6 +644,22 @@ mod tests {
         assert!(!e.contains(&secret) && e.contains("entry 2"), "{e}");
         assert!(!format!("{:?}", ring()).contains(&secret));
         assert_eq!(format!("{:?}", DataKey::generate()), "DataKey(..)");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_open_to_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let created = Keyring::load(&path, true).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Keyring::load(&path, false).unwrap().active_id(), created.active_id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Keyring::load(&path, false).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        let e = Keyring::load(&dir.path().join("missing"), false).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,20 @@ fn new_id() -> RecordingId {
 }
 
 impl Recorder {
+    /// What the application wiring calls once at start-up (from a plain thread, not an async
+    /// task): opens the vault named by `settings`, counts into `metrics`, recovers, and returns
+    /// the recorder with the ids it finalised as truncated. The retention sweep is
+    /// `recorder.vault().sweep(now)`, run on the same thread.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        metrics: crate::metrics::VaultMetrics,
+        clock: Clock,
+    ) -> Result<(Recorder, Vec<String>), VaultError> {
+        let mut vault = Vault::open(super::VaultOptions::from_settings(settings)?)?;
+        vault.set_metrics(metrics);
+        Recorder::start(vault, clock)
+    }
+
     /// Takes over `vault` as its only writer: first finalises recordings a crash left open.
     /// Returns the recorder and the ids it recovered.
     pub fn start(vault: Vault, mut clock: Clock) -> Result<(Recorder, Vec<String>), VaultError> {

@@ -493,3 +493,33 @@ fn legal_hold_outranks_a_revocation_purge() {
     assert_eq!(row.state, RecordingState::Revoked);
     assert!(rec.vault().audit_log(Some(&id.0)).unwrap().iter().any(|e| e.action == "purge.held"));
 }
+
+#[test]
+fn recorder_is_a_sendable_sink_built_from_settings() {
+    fn boxed(r: Recorder) -> Box<dyn RecordingSink> {
+        Box::new(r)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[storage]\ndir = {:?}\n[vault]\nkey_file = {:?}\ncreate_keys = true\n",
+        dir.path().join("store"),
+        dir.path().join("k")
+    );
+    let settings = crate::config::Settings::from_toml(&text).unwrap();
+    let metrics = crate::metrics::Metrics::new();
+    let (rec, recovered) = Recorder::from_settings(&settings, metrics.vault.clone(), Box::new(|| t(0))).unwrap();
+    assert!(recovered.is_empty());
+    let mut sink = boxed(rec);
+    let id = sink.open(meta(CALLER, "support", None)).unwrap();
+    std::thread::spawn(move || sink.close(&id, CloseReason::Completed).unwrap()).join().unwrap();
+    assert!(metrics.encode().contains("callveil_vault_recordings_closed_total{kind=\"complete\"} 1"));
+    // Inside an async runtime the vault refuses instead of panicking.
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let opts = options(dir.path(), 500);
+    assert!(matches!(rt.block_on(async { Vault::open(opts) }), Err(VaultError::InsideAsyncRuntime)));
+    // Config validation names the keys.
+    let e = crate::config::Settings::from_toml("[vault]\nchunk_ms = 5\n").unwrap_err();
+    assert_eq!(e.key, "vault.chunk_ms");
+    let e = crate::config::Settings::from_toml("[retention]\ndefault_class = \"gold\"\n").unwrap_err();
+    assert_eq!(e.key, "retention.default_class");
+}
