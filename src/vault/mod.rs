@@ -242,8 +242,17 @@ impl Vault {
             return Err(VaultError::InsideAsyncRuntime);
         }
         let keys = Keyring::load(&opts.key_file, opts.create_keys).map_err(VaultError::Keys)?;
-        std::fs::create_dir_all(&opts.dir)
-            .map_err(|source| VaultError::Io { path: opts.dir.display().to_string(), source })?;
+        let io = |source| VaultError::Io { path: opts.dir.display().to_string(), source };
+        if !opts.dir.exists() {
+            std::fs::create_dir_all(&opts.dir).map_err(io)?;
+            // A new storage directory is private to the service user: it holds subject hashes and
+            // the audit log, even though every recording in it is sealed.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&opts.dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            }
+        }
         let blobs = FsBlobStore::open(&opts.dir.join("blobs"))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -121,6 +121,12 @@ fn round_trip_through_the_sink() {
     let mut rec = recorder(dir.path(), 500);
     let id = record_call(&mut rec, CALLER, "support");
     let v = rec.vault();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("store")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "a new storage directory is private");
+    }
 
     let d = v.show(&id.0).unwrap();
     assert_eq!(d.row.state, RecordingState::Complete);
