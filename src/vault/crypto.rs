@@ -674,3 +674,41 @@ mod tests {
         assert!(!h.contains("600111222"));
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes where a chunk should be: an error, never a panic, never plaintext.
+        #[test]
+        fn open_chunk_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), index in 0u64..4) {
+            let key = DataKey::generate();
+            prop_assert!(open_chunk(&key, "r", StreamTag::Audio(0), index, &bytes).is_err());
+        }
+
+        /// Chunk plaintext framing parsers on arbitrary bytes: None or a value, never a panic.
+        #[test]
+        fn framing_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = crate::vault::framing::parse_audio(&bytes);
+            let _ = crate::vault::framing::parse_segments(&bytes);
+            let mut b: &[u8] = &bytes;
+            let _ = crate::vault::framing::take_str(&mut b);
+        }
+
+        /// Hostile key files and subject numbers: errors, never panics.
+        #[test]
+        fn key_file_and_number_parsers_never_panic(text in "\\PC{0,200}", number in "\\PC{0,40}") {
+            let _ = Keyring::parse(&text, "t");
+            let _ = normalise_number(&number);
+            let _ = StreamTag::parse_name(&number);
+            let _ = crate::vault::parse_time(&number);
+        }
+
+        #[test]
+        fn format_time_never_panics(ms in any::<i64>()) {
+            let _ = crate::vault::format_time(ms);
+        }
+    }
+}

@@ -693,7 +693,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
             let hh: i64 = it.next()?.parse().ok()?;
             let mm: i64 = it.next()?.parse().ok()?;
             let ss: i64 = it.next().unwrap_or("0").parse().ok()?;
-            if hh > 23 || mm > 59 || ss > 59 {
+            if !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=59).contains(&ss) {
                 return None;
             }
             (hh, mm, ss)
@@ -724,7 +724,7 @@ mod time_tests {
         assert_eq!(parse_time("2026-11-28T02:11:03Z"), Some(1_795_831_863_000));
         assert_eq!(format_time(1_795_831_863_000), "2026-11-28T02:11:03Z");
         assert_eq!(parse_time("2024-02-29"), Some(1_709_164_800_000));
-        for bad in ["", "2024", "2024-13-01", "2024-01-01T25:00:00Z", "x-y-z", "2024-01-01Tab"] {
+        for bad in ["", "2024", "2024-13-01", "2024-01-01T25:00:00Z", "x-y-z", "2024-01-01Tab", "2024-01-01T-5:00"] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
     }
