@@ -21,7 +21,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
-    /// QA / DPO access to stored recordings: list, show, export, tag, hold, erase, sweep.
+    /// QA / DPO access to stored recordings: list, show, export, tag, hold, erase, sweep, audit.
     Recordings(callveil::cli::recordings::RecordingsArgs),
     /// Vault key management: init, rotate.
     Keys(callveil::cli::keys::KeysArgs),

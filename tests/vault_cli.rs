@@ -133,6 +133,11 @@ fn list_show_tag_hold_erase() {
     assert!(!env.blobs(&a).exists());
     env.fails(&["recordings", "show", &a], 1, "was erased (erasure_request)");
     env.fails(&["recordings", "show", "0000"], 1, "no recording with id `0000`");
+    let audit = env.ok(&["recordings", "--actor", "dpo-anna", "audit", &a]);
+    for action in ["create", "show", "tag", "hold.on", "hold.off", "erase"] {
+        assert!(audit.contains(action), "{action} missing from\n{audit}");
+    }
+    assert!(audit.contains("reason=erasure_request") && !audit.contains("600"), "{audit}");
     env.fails(&["recordings", "erase"], 64, "required");
 
     let wav = env.dir.path().join("b.wav");

@@ -1,6 +1,6 @@
 //! `callveil recordings ...`: the QA / DPO command line over the vault (list, show, export, tag,
-//! hold, erase, sweep). Every action that reads or changes a recording is written to the vault's
-//! audit log with the acting user (`--actor`, default `$USER`).
+//! hold, erase, sweep, audit). Every action that reads or changes a recording is written to the
+//! vault's audit log with the acting user (`--actor`, default `$USER`).
 //!
 //! This is a driver: it reads the wall clock and hands it to the vault, which never reads it.
 //! Output goes to stdout (what was asked for), errors to stderr; a configuration error exits 64,
@@ -80,6 +80,8 @@ pub enum RecordingsCommand {
     },
     /// Erase every recording whose retention has expired (legal holds are kept).
     Sweep,
+    /// Print the audit log (every access and change), for one recording or all.
+    Audit { id: Option<String> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +301,19 @@ pub fn execute(
                 writeln!(out, "{id}: expired, kept (legal hold)")?;
             }
             writeln!(out, "{} erased, {} held", r.erased.len(), r.held.len())?;
+        }
+        RecordingsCommand::Audit { id } => {
+            for e in vault.audit_log(id.as_deref())? {
+                writeln!(
+                    out,
+                    "{}  {:<16}  {:<14}  {:<32}  {}",
+                    format_time(e.at_ms),
+                    e.actor,
+                    e.action,
+                    e.recording_id.as_deref().unwrap_or("-"),
+                    e.detail
+                )?;
+            }
         }
     }
     Ok(())
