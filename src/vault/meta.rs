@@ -347,7 +347,8 @@ impl MetaStore {
     /// Closed recordings whose expiry has passed, held ones included (the caller reports them).
     pub async fn expired(&self, now_ms: i64) -> Result<Vec<(String, bool)>, MetaError> {
         let rows = sqlx::query(
-            "SELECT id, legal_hold FROM recordings WHERE expires_at_ms <= $1 AND state <> $2 ORDER BY expires_at_ms, id",
+            "SELECT id, legal_hold FROM recordings WHERE expires_at_ms <= $1 AND state <> $2 \
+             ORDER BY expires_at_ms, id",
         )
         .bind(now_ms)
         .bind(RecordingState::Recording.as_str())
@@ -381,7 +382,8 @@ impl MetaStore {
     /// Replaces a wrapped key only if it is still the one that was read (no lost update).
     pub async fn rewrap(&self, id: &str, old: &WrappedKey, new: &WrappedKey) -> Result<bool, MetaError> {
         let r = sqlx::query(
-            "UPDATE recording_keys SET kek_id = $1, wrapped = $2 WHERE recording_id = $3 AND kek_id = $4 AND wrapped = $5",
+            "UPDATE recording_keys SET kek_id = $1, wrapped = $2 \
+             WHERE recording_id = $3 AND kek_id = $4 AND wrapped = $5",
         )
         .bind(&new.kek_id)
         .bind(&new.bytes)
