@@ -21,6 +21,10 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// QA / DPO access to stored recordings: list, show, export, tag, hold, erase, sweep, audit.
+    Recordings(callveil::cli::recordings::RecordingsArgs),
+    /// Vault key management: init, rotate.
+    Keys(callveil::cli::keys::KeysArgs),
     /// Parse SIP messages from files and print one verdict line per file.
     SipCheck {
         #[arg(required = true, value_name = "FILE")]
@@ -39,5 +43,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => callveil::cli::run::run(config.as_deref()),
         Command::SipCheck { files } => callveil::cli::sip_check::run(&files),
+        Command::Recordings(args) => callveil::cli::recordings::run(args),
+        Command::Keys(args) => callveil::cli::keys::run(args),
     }
 }

@@ -222,11 +222,58 @@ impl MediaMetrics {
     }
 }
 
+/// Recording vault metrics. Labels are states, reasons and error kinds only.
+#[derive(Clone, Debug, Default)]
+pub struct VaultMetrics {
+    pub recordings_opened: Counter,
+    pub recordings_open: Gauge,
+    /// By final state: complete, truncated, revoked.
+    pub recordings_closed: Family<KindLabels, Counter>,
+    pub recordings_recovered: Counter,
+    pub chunks_sealed: Counter,
+    pub bytes_sealed: Counter,
+    /// Sink calls refused or failed: unknown_recording, bad_input, storage.
+    pub sink_errors: Family<KindLabels, Counter>,
+    /// By reason: erasure_request, subject_request, retention, revoked.
+    pub erasures: Family<KindLabels, Counter>,
+}
+
+impl VaultMetrics {
+    pub fn closed(&self, state: &str) {
+        self.recordings_closed.get_or_create(&KindLabels { kind: state.to_string() }).inc();
+    }
+
+    pub fn sink_error(&self, kind: &'static str) {
+        self.sink_errors.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+    }
+
+    pub fn erased(&self, reason: &str) {
+        self.erasures.get_or_create(&KindLabels { kind: reason.to_string() }).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("vault");
+        r.register("recordings_opened", "Recordings opened in the vault", self.recordings_opened.clone());
+        r.register("recordings_open", "Recordings currently being written", self.recordings_open.clone());
+        r.register("recordings_closed", "Recordings closed, by final state", self.recordings_closed.clone());
+        r.register(
+            "recordings_recovered",
+            "Recordings left open by a crash and finalised as truncated at start-up",
+            self.recordings_recovered.clone(),
+        );
+        r.register("chunks_sealed", "Encrypted chunks written to the blob store", self.chunks_sealed.clone());
+        r.register("bytes_sealed", "Plaintext bytes sealed into chunks", self.bytes_sealed.clone());
+        r.register("sink_errors", "Recording sink calls refused or failed, by kind", self.sink_errors.clone());
+        r.register("erasures", "Recordings erased, by reason", self.erasures.clone());
+    }
+}
+
 /// All of callveil's metrics and the registry that exposes them.
 pub struct Metrics {
     pub registry: Registry,
     pub sip: SipMetrics,
     pub media: MediaMetrics,
+    pub vault: VaultMetrics,
 }
 
 impl Default for Metrics {
@@ -244,7 +291,9 @@ impl Metrics {
         let media = MediaMetrics::default();
         media.register(&mut registry);
         media.prime();
-        Metrics { registry, sip, media }
+        let vault = VaultMetrics::default();
+        vault.register(&mut registry);
+        Metrics { registry, sip, media, vault }
     }
 
     /// OpenMetrics text exposition.

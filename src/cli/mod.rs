@@ -1,6 +1,8 @@
 //! Command-line subcommands, one file each; `main.rs` only parses arguments and dispatches here.
 //! Nothing in this module is used by the proxy at run time.
 
+pub mod keys;
+pub mod recordings;
 pub mod run;
 pub mod sip_check;
 

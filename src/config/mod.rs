@@ -24,7 +24,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError { key: key.into(), problem: problem.into() }
     }
 }
@@ -37,6 +37,8 @@ pub struct Config {
     pub consent: ConsentConfig,
     pub recording: RecordingConfig,
     pub storage: StorageConfig,
+    pub vault: VaultConfig,
+    pub retention: RetentionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -173,6 +175,64 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig { dir: PathBuf::from("var/callveil") }
     }
+}
+
+/// The encrypted recording vault (under `storage.dir`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Key file with the pepper and key-encryption keys (`CALLVEIL_VAULT_KEYS` overrides it).
+    pub key_file: PathBuf,
+    /// Create the key file with fresh keys when it is missing (demo); keep false in production,
+    /// where a missing key file must stop the service rather than start a new, unrelated vault.
+    pub create_keys: bool,
+    /// Audio is sealed in chunks of this many milliseconds: what a crash can lose.
+    pub chunk_ms: u32,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig { key_file: PathBuf::from("var/callveil/vault.keys"), create_keys: false, chunk_ms: 2_000 }
+    }
+}
+
+/// Retention classes and the rules that pick one (first match wins; else `default_class`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub default_class: String,
+    /// Accept the class a trusted PBX names in `X-Retention-Class`.
+    pub trust_header: bool,
+    pub classes: Vec<RetentionClassConfig>,
+    pub rules: Vec<RetentionRuleConfig>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            default_class: "standard".into(),
+            trust_header: true,
+            classes: vec![RetentionClassConfig { name: "standard".into(), days: 90 }],
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionClassConfig {
+    pub name: String,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    /// Regex on the route name (whole-match).
+    pub route: Option<String>,
+    /// `consent` or the name of a configured non-consent lawful basis.
+    pub basis: Option<String>,
+    pub class: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -405,6 +465,10 @@ impl Settings {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             return Err(ConfigError::new("log.level", format!("invalid filter: {e}")));
         }
+        if !(100..=60_000).contains(&raw.vault.chunk_ms) {
+            return Err(ConfigError::new("vault.chunk_ms", "must be between 100 and 60000"));
+        }
+        crate::vault::retention::RetentionPolicy::from_config(&raw.retention)?;
         Ok(Settings { raw, sip_listen, routes, media_bind, media_advertise, media_ports, metrics_listen })
     }
 }
