@@ -17,5 +17,7 @@ pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod pii;
+pub mod redact;
 pub mod sip;
+pub mod transcribe;
 pub mod vault;
