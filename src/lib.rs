@@ -19,5 +19,6 @@ pub mod net;
 pub mod pii;
 pub mod redact;
 pub mod sip;
+
 pub mod transcribe;
 pub mod vault;

@@ -11,4 +11,7 @@
 
 pub mod checks;
 pub mod detect;
+pub mod mask;
 pub mod normalize;
+pub mod pipeline;
+pub mod plan;

@@ -6,6 +6,9 @@
 //! the window's start. They do not know about calls, consent or redaction, and they never log
 //! what was said.
 
+pub mod resample;
+pub mod vad;
+
 use std::fmt;
 
 use crate::pii::Pii;
