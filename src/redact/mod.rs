@@ -9,9 +9,11 @@
 //! `unverified`) when audio cannot be cleared in time. `wav` reads and writes the WAV files the
 //! offline `callveil redact` command works on. Nothing here opens sockets or reads the clock.
 
+pub mod batch;
 pub mod checks;
 pub mod detect;
 pub mod mask;
 pub mod normalize;
 pub mod pipeline;
 pub mod plan;
+pub mod wav;

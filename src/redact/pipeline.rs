@@ -469,7 +469,9 @@ impl Pipeline {
         } else {
             let processed_ms = mask::sample_to_ms(c.processed, rate);
             let safe_ms = c.detector.horizon_ms().map_or(processed_ms, |h| h.min(processed_ms)).saturating_sub(pad);
-            mask::ms_to_sample(safe_ms, rate).min(c.processed)
+            // Whole milliseconds only: ClearedAudio is placed by its start in ms.
+            let to = mask::ms_to_sample(safe_ms, rate).min(c.processed);
+            mask::ms_to_sample(mask::sample_to_ms(to, rate), rate)
         };
         if release_to > c.released {
             let n = (release_to - c.released) as usize;

@@ -6,8 +6,10 @@
 //! the window's start. They do not know about calls, consent or redaction, and they never log
 //! what was said.
 
+pub mod pool;
 pub mod resample;
 pub mod vad;
+pub mod whisper;
 
 use std::fmt;
 
