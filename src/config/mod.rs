@@ -209,7 +209,7 @@ impl Default for RedactionConfig {
             model: PathBuf::from("models/ggml-tiny.en.bin"),
             language: crate::redact::normalize::Lang::En,
             workers: 0,
-            pad_ms: 500,
+            pad_ms: 700,
             min_digits: 9,
             mask: crate::redact::mask::MaskStyle::Silence,
             hold_seconds: 60,

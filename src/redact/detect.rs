@@ -123,8 +123,11 @@ pub struct Settled {
 
 #[derive(Clone, Copy, Debug)]
 struct Ctx {
-    kind: Context,
+    kind: SpanKind,
     until_ms: u64,
+    /// End of the keyword that opened it, while no run has used it yet: the first run's span
+    /// starts there, because ASR times the first digit late (up to ~0.8 s, FACTS.md §2).
+    keyword_end: Option<u64>,
 }
 
 /// Per-channel streaming detector.
@@ -177,8 +180,22 @@ impl StreamDetector {
         self.pending.first().map(|w| w.start_ms)
     }
 
-    fn ctx_at(&self, t: u64) -> Option<Context> {
-        self.ctx.filter(|c| t <= c.until_ms).map(|c| c.kind)
+    fn ctx_at(&self, t: u64) -> Option<Ctx> {
+        self.ctx.filter(|c| t <= c.until_ms)
+    }
+
+    /// The span kind a keyword context stands for, if that detector is on.
+    fn ctx_kind(&self, c: Context) -> Option<SpanKind> {
+        let d = &self.cfg.detectors;
+        match c {
+            Context::Card if d.pan => Some(SpanKind::Pan),
+            Context::Security if d.cvv => Some(SpanKind::Cvv),
+            Context::Expiry if d.expiry => Some(SpanKind::Expiry),
+            Context::NationalId if d.national_id => Some(SpanKind::NationalId),
+            Context::Ssn if d.ssn => Some(SpanKind::Ssn),
+            Context::Iban if d.iban => Some(SpanKind::Iban),
+            _ => None,
+        }
     }
 
     fn scan(&mut self, mode: Mode) -> Settled {
@@ -191,7 +208,11 @@ impl StreamDetector {
             let t = &toks[i];
             match &t.kind {
                 TokKind::Keyword(k) => {
-                    self.ctx = Some(Ctx { kind: *k, until_ms: t.end_ms + self.cfg.context_ms });
+                    self.ctx = self.ctx_kind(*k).map(|kind| Ctx {
+                        kind,
+                        until_ms: t.end_ms + self.cfg.context_ms,
+                        keyword_end: Some(t.end_ms),
+                    });
                     i += 1;
                     continue;
                 }
@@ -214,7 +235,7 @@ impl StreamDetector {
                 settle_word = t.first_word;
                 break;
             }
-            let (mut kind, uses_letters) = match self.decide(&toks[i..=run.last], ctx) {
+            let (mut kind, uses_letters) = match self.decide(&toks[i..=run.last], ctx.map(|c| c.kind)) {
                 Some((k, l)) => (Some(k), l),
                 None => (None, false),
             };
@@ -232,18 +253,20 @@ impl StreamDetector {
                     last -= 1;
                 }
             }
-            let (start_ms, end_ms) = (toks[first].start_ms, toks[last].end_ms);
+            let (mut start_ms, end_ms) = (toks[first].start_ms, toks[last].end_ms);
+            if let (Some(_), Some(k)) = (kind, ctx.and_then(|c| c.keyword_end)) {
+                start_ms = start_ms.min(k.max(start_ms.saturating_sub(self.cfg.max_gap_ms)));
+            }
             if let Some(kind) = kind {
                 for m in &mut marks[toks[first].first_word..=toks[last].last_word] {
                     *m = Some(kind);
                 }
                 out.detections.push(Detection { start_ms, end_ms, kind });
             }
-            if ctx.is_some() {
-                // The context lasts while digit-like words continue.
-                if let Some(c) = &mut self.ctx {
-                    c.until_ms = end_ms + self.cfg.context_hold_ms;
-                }
+            if let Some(kind) = kind {
+                // A context lasts while digit-like words continue, and a redacted run opens one:
+                // digits that follow it closely ("... 1 near 0 0 5") belong to the same number.
+                self.ctx = Some(Ctx { kind, until_ms: end_ms + self.cfg.context_hold_ms, keyword_end: None });
             }
             i = run.last + 1;
         }
@@ -302,7 +325,7 @@ impl StreamDetector {
     }
 
     /// The kind, and whether letters took part in the match.
-    fn decide(&self, toks: &[Token], ctx: Option<Context>) -> Option<(SpanKind, bool)> {
+    fn decide(&self, toks: &[Token], ctx: Option<SpanKind>) -> Option<(SpanKind, bool)> {
         let d = &self.cfg.detectors;
         let mut digits = String::new();
         let mut alnum = String::new();
@@ -332,19 +355,8 @@ impl StreamDetector {
         if d.national_id && windows(9).any(|r| checks::is_dni_or_nie(&alnum[r.clone()]) || checks::is_nino(&alnum[r])) {
             return Some((SpanKind::NationalId, true));
         }
-        if let Some(c) = ctx {
-            let k = match c {
-                Context::Card if d.pan => Some(SpanKind::Pan),
-                Context::Security if d.cvv => Some(SpanKind::Cvv),
-                Context::Expiry if d.expiry => Some(SpanKind::Expiry),
-                Context::NationalId if d.national_id => Some(SpanKind::NationalId),
-                Context::Ssn if d.ssn => Some(SpanKind::Ssn),
-                Context::Iban if d.iban => Some(SpanKind::Iban),
-                _ => None,
-            };
-            if let Some(k) = k {
-                return Some((k, false));
-            }
+        if let Some(k) = ctx {
+            return Some((k, false));
         }
         if digits.len() == 9 {
             if d.national_id && self.cfg.lang == Lang::Pt && checks::is_pt_nif(&digits) {
@@ -495,7 +507,8 @@ mod tests {
         let s2 = d.push(w2, end2);
         assert_eq!(s2.detections.len(), 1);
         assert_eq!(s2.detections[0].kind, SpanKind::Pan);
-        assert_eq!(s2.detections[0].start_ms, 900);
+        // The span reaches back to the end of the keyword ("card number" ends at 550 ms).
+        assert_eq!(s2.detections[0].start_ms, 550);
         assert_eq!(s2.words.iter().filter(|w| w.mark.is_some()).count(), 4);
         assert_eq!(d.horizon_ms(), None);
     }

@@ -367,6 +367,7 @@ fn keywords(lang: Lang) -> &'static [(&'static [&'static str], Context)] {
             (&["cvv"], Security),
             (&["cvc"], Security),
             (&["cv2"], Security),
+            (&["security"], Security),
             (&["expiry"], Expiry),
             (&["expiration"], Expiry),
             (&["expires"], Expiry),

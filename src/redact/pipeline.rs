@@ -43,7 +43,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             detect: DetectConfig::default(),
             vad: VadConfig::default(),
-            pad_ms: 500,
+            pad_ms: 700,
             mask: MaskStyle::Silence,
             hold_ms: 60_000,
             deadline: Some(Duration::from_secs(20)),

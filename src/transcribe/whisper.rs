@@ -79,18 +79,30 @@ impl Transcriber for WhisperTranscriber {
         p.set_no_context(true);
         p.set_temperature(0.0);
         p.set_temperature_inc(0.0);
-        p.set_max_tokens(self.cfg.max_tokens as i32);
+        // Tokens in proportion to the audio (speech is ~3-4 tokens/s): a looping decoder
+        // ("one one one ...", FACTS.md §2) stops early instead of running to the cap.
+        let secs = audio.len() as f64 / 16_000.0;
+        let cap = (8.0 + secs * 6.0).min(self.cfg.max_tokens as f64) as i32;
+        p.set_max_tokens(cap);
         p.set_token_timestamps(true);
         p.set_suppress_blank(true);
+        p.set_suppress_nst(true);
+        // Never drop a window as "no speech": on narrow-band digits whisper.cpp's silence test
+        // (no_speech_prob high and avg logprob low) fired on whole card numbers, returning
+        // nothing, which for redaction is the worst answer. An empty window is still safe to
+        // get from VAD, not from here.
+        p.set_no_speech_thold(1.0);
+        p.set_logprob_thold(f32::NEG_INFINITY);
         p.set_print_progress(false);
         p.set_print_realtime(false);
         p.set_print_special(false);
         p.set_print_timestamps(false);
         // Whisper pads every window to 30 s; a shorter audio context cuts the encoder's fixed cost
         // for short windows (FACTS.md §2). 1500 frames = 30 s, 50 frames per second.
-        let secs = audio.len() as f64 / 16_000.0;
         let ctx = ((secs + 1.0) * 50.0).ceil().clamp(256.0, 1500.0) as i32;
-        p.set_audio_ctx(ctx);
+        if std::env::var_os("CALLVEIL_FULL_CTX").is_none() {
+            p.set_audio_ctx(ctx);
+        }
         self.state.full(p, audio).map_err(|e| TranscribeError::Failed(e.to_string()))?;
         let eot = self.eot;
         let mut words: Vec<Word> = Vec::new();
