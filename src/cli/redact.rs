@@ -109,7 +109,7 @@ pub fn run(args: Args) -> ExitCode {
     }
     let pool = Pool::new(ts, 4);
     let mut sink = MemorySink::default();
-    let stats = match batch::run(pipeline_config(&rc), audio.rate, &audio.channels, &pool, &mut sink) {
+    let stats = match batch::run(pipeline_config(&rc), audio.rate, &audio.channels, &pool, &mut sink, None) {
         Ok(s) => s,
         Err(e) => return fail(EX_UNAVAILABLE, e),
     };

@@ -215,7 +215,7 @@ impl Default for RedactionConfig {
             hold_seconds: 60,
             deadline_ms: 20_000,
             detectors: ["pan", "cvv", "expiry", "national_id", "iban", "ssn", "digits"].map(String::from).to_vec(),
-            max_tokens: 96,
+            max_tokens: 128,
         }
     }
 }

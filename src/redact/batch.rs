@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::metrics::RedactMetrics;
 use crate::pii::Pii;
+use crate::redact::dtmf_tone::ToneFinder;
 use crate::redact::pipeline::{Frame, Output, Pipeline, PipelineConfig};
 use crate::transcribe::pool::Pool;
 use crate::vault::sink::{
@@ -40,6 +42,7 @@ pub fn run(
     channels: &[Vec<i16>],
     pool: &Pool,
     sink: &mut dyn RecordingSink,
+    metrics: Option<&RedactMetrics>,
 ) -> Result<BatchStats, BatchError> {
     cfg.deadline = None;
     cfg.hold_ms = u64::MAX / 2_000;
@@ -60,10 +63,13 @@ pub fn run(
     let now = Instant::now();
     let mut p = Pipeline::new(cfg, channels.len() as u8);
     let mut stats = BatchStats::default();
-    let mut q = Queue::default();
+    let mut q = Queue { backlog: Default::default(), in_flight: 0, metrics };
     let step = (rate / 50) as usize;
     let frames = channels.iter().map(Vec::len).max().unwrap_or(0);
     stats.audio_ms = frames as u64 * 1000 / rate as u64;
+    // Keypad tones in the recording are masked as DTMF spans (the live path gets them from the
+    // tap's DTMF events instead).
+    let mut tones: Vec<_> = channels.iter().map(|_| ToneFinder::new(rate)).collect();
     let mut at = 0;
     while at < frames {
         for (c, pcm) in channels.iter().enumerate() {
@@ -75,6 +81,9 @@ pub fn run(
                     sample_rate: rate,
                     samples: &pcm[at..end],
                 };
+                for (s, e) in tones[c].push(f.samples) {
+                    p.dtmf(c as u8, s, e);
+                }
                 // A refused frame is counted by the pipeline and becomes a muted gap.
                 let _ = p.frame(now, f);
             }
@@ -82,11 +91,22 @@ pub fn run(
         at += step;
         pump(&mut p, pool, &mut q, &mut stats, sink, &id, false)?;
     }
+    for (c, t) in tones.iter_mut().enumerate() {
+        if let Some((s, e)) = t.finish() {
+            p.dtmf(c as u8, s, e);
+        }
+    }
     p.finish(now);
     while !p.is_finished() {
         pump(&mut p, pool, &mut q, &mut stats, sink, &id, true)?;
     }
     stats.unverified_ms = p.stats().unverified_ms;
+    if let Some(m) = metrics {
+        for (kind, n) in &p.stats().redactions {
+            m.redaction(kind, *n);
+        }
+        m.unverified_ms.inc_by(stats.unverified_ms);
+    }
     stats.jobs = p.stats().jobs;
     sink.close(&id, CloseReason::Completed)?;
     Ok(stats)
@@ -95,12 +115,13 @@ pub fn run(
 fn pump(
     p: &mut Pipeline,
     pool: &Pool,
-    q: &mut Queue,
+    q: &mut Queue<'_>,
     stats: &mut BatchStats,
     sink: &mut dyn RecordingSink,
     id: &RecordingId,
     wait: bool,
 ) -> Result<(), BatchError> {
+    let metrics = q.metrics;
     #[allow(clippy::disallowed_methods)] // see run(): virtual time, no deadlines in batch mode
     let now = Instant::now();
     loop {
@@ -135,6 +156,11 @@ fn pump(
             Some(d) => {
                 q.in_flight -= 1;
                 stats.transcribe_ms += d.took.as_millis() as u64;
+                if let Some(m) = metrics {
+                    // Batch windows wait in a queue, so lag here is the worker time alone.
+                    m.window(d.audio_ms, d.took.as_millis() as u64, d.took.as_millis() as u64);
+                    m.queue_depth.set(q.backlog.len() as i64);
+                }
                 p.transcript(now, d.id, d.result);
             }
             None if must_wait => return Err(BatchError::WorkersGone),
@@ -143,10 +169,10 @@ fn pump(
     }
 }
 
-#[derive(Default)]
-struct Queue {
+struct Queue<'m> {
     backlog: std::collections::VecDeque<crate::redact::pipeline::Job>,
     in_flight: usize,
+    metrics: Option<&'m RedactMetrics>,
 }
 
 /// A sink that keeps one recording in memory (offline CLI, tests).

@@ -539,7 +539,30 @@ pub fn normalize(lang: Lang, words: &[Word]) -> Vec<Token> {
         out.push(tok(kind, p, p));
         i += 1;
     }
+    mark_loops(&ps, &mut out);
     out
+}
+
+/// Whisper loops on repetitive input, and digit strings are the most repetitive thing callers say
+/// ("41, 41, 41", "uau, uau, uau" for Portuguese digits: FACTS.md §2). Four or more identical
+/// words in a row stand for digits nobody could read: each becomes an unknown digit, so a long
+/// loop trips the digit-run fail-safe.
+fn mark_loops(ps: &[Piece], toks: &mut [Token]) {
+    const MIN_LOOP: usize = 4;
+    let text = |t: &Token| ps.iter().find(|p| p.word == t.first_word).map(|p| p.text.as_str()).unwrap_or("");
+    let mut i = 0;
+    while i < toks.len() {
+        let mut j = i + 1;
+        while j < toks.len() && toks[i].kind == toks[j].kind && text(&toks[i]) == text(&toks[j]) {
+            j += 1;
+        }
+        if j - i >= MIN_LOOP && matches!(toks[i].kind, TokKind::Other | TokKind::Loose) {
+            for t in &mut toks[i..j] {
+                t.kind = TokKind::Digits("0".into());
+            }
+        }
+        i = j;
+    }
 }
 
 fn tok(kind: TokKind, first: &Piece, last: &Piece) -> Token {
@@ -712,6 +735,12 @@ mod tests {
         assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::NationalId)));
         let t = normalize(Lang::Es, &words("el código de seguridad"));
         assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::Security)));
+    }
+
+    #[test]
+    fn asr_loops_become_unknown_digits() {
+        assert_eq!(digits(Lang::Pt, "um homem uau, uau, uau, uau, uau. obrigado"), "1 0 0 0 0 0");
+        assert_eq!(digits(Lang::En, "very very very good"), "");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct WhisperConfig {
 
 impl Default for WhisperConfig {
     fn default() -> Self {
-        WhisperConfig { language: "en".into(), threads: 1, max_tokens: 96 }
+        WhisperConfig { language: "en".into(), threads: 1, max_tokens: 128 }
     }
 }
 
@@ -79,10 +79,10 @@ impl Transcriber for WhisperTranscriber {
         p.set_no_context(true);
         p.set_temperature(0.0);
         p.set_temperature_inc(0.0);
-        // Tokens in proportion to the audio (speech is ~3-4 tokens/s): a looping decoder
+        // Tokens in proportion to the audio (speech is ~3-4 tokens/s in English, more in Spanish and Portuguese): a looping decoder
         // ("one one one ...", FACTS.md §2) stops early instead of running to the cap.
         let secs = audio.len() as f64 / 16_000.0;
-        let cap = (8.0 + secs * 6.0).min(self.cfg.max_tokens as f64) as i32;
+        let cap = (8.0 + secs * 10.0).min(self.cfg.max_tokens as f64) as i32;
         p.set_max_tokens(cap);
         p.set_token_timestamps(true);
         p.set_suppress_blank(true);
