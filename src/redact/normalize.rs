@@ -521,6 +521,13 @@ pub fn normalize(lang: Lang, words: &[Word]) -> Vec<Token> {
             i += len;
             continue;
         }
+        // ASR misspells keywords on telephone audio ("malidade" for "validade", "comcontribuinte"):
+        // long single-word keywords also match one edit away, or inside a longer word.
+        if let Some(ctx) = fuzzy_keyword(lang, &p.text) {
+            out.push(tok(TokKind::Keyword(ctx), p, p));
+            i += 1;
+            continue;
+        }
         if p.text.chars().all(|c| c.is_ascii_digit()) {
             out.push(tok(TokKind::Digits(p.text.clone()), p, p));
             i += 1;
@@ -541,6 +548,29 @@ pub fn normalize(lang: Lang, words: &[Word]) -> Vec<Token> {
     }
     mark_loops(&ps, &mut out);
     out
+}
+
+fn fuzzy_keyword(lang: Lang, w: &str) -> Option<Context> {
+    const MIN_LEN: usize = 7;
+    keywords(lang).iter().find_map(|(phrase, ctx)| {
+        let [k] = phrase else { return None };
+        let close = k.len() >= MIN_LEN && (w.contains(k) || edit_distance_at_most_1(w, k));
+        close.then_some(*ctx)
+    })
+}
+
+fn edit_distance_at_most_1(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let (short, long) = if a.len() <= b.len() { (&a, &b) } else { (&b, &a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let p = short.iter().zip(long.iter()).take_while(|(x, y)| x == y).count();
+    if short.len() == long.len() {
+        short[p..].iter().skip(1).eq(long[p..].iter().skip(1))
+    } else {
+        short[p..] == long[p + 1..]
+    }
 }
 
 /// Whisper loops on repetitive input, and digit strings are the most repetitive thing callers say
@@ -733,6 +763,12 @@ mod tests {
         assert!(kinds.contains(&TokKind::Letter('X')));
         let t = normalize(Lang::Pt, &words("o cartão de cidadão"));
         assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::NationalId)));
+        let t = normalize(Lang::Pt, &words("a malidade é comcontribuinte"));
+        assert_eq!(t.iter().filter(|t| matches!(t.kind, TokKind::Keyword(_))).count(), 2);
+        assert!(
+            normalize(Lang::En, &words("card cart")).iter().filter(|t| matches!(t.kind, TokKind::Keyword(_))).count()
+                == 1
+        );
         let t = normalize(Lang::Es, &words("el código de seguridad"));
         assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::Security)));
     }

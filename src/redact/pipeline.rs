@@ -426,7 +426,17 @@ impl Pipeline {
                             x.end_ms = (start_ms + x.end_ms).clamp(x.start_ms, end_ms);
                             x
                         })
-                        .collect();
+                        .collect::<Vec<Word>>();
+                    // Fail closed on what the ASR skipped: a long stretch of speech with no word
+                    // in it was not heard, so it cannot have been cleared (Whisper drops whole
+                    // digit strings on narrow-band audio).
+                    let thr = self.cfg.vad.threshold_dbfs;
+                    for (gs, ge) in unheard_speech(&c.held, c.released, rate, (w.start, w.end), &words, thr) {
+                        // Padded like detections: the words around it are timed just as loosely.
+                        c.plan.add(gs, ge, SpanKind::Unverified, self.cfg.pad_ms);
+                        self.stats.unverified_ms += ge - gs;
+                        *self.stats.unverified.entry("asr_skipped").or_default() += 1;
+                    }
                     c.detector.push(words, end_ms)
                 }
                 WinState::Failed(cause) => {
@@ -525,6 +535,53 @@ impl Pipeline {
             text: Pii::new(text),
         }));
     }
+}
+
+/// Stretches (ms) of a window, at least `MIN_UNHEARD_MS` long, that hold no recognised word but
+/// at least half a second of frames above the VAD threshold.
+fn unheard_speech(
+    held: &VecDeque<i16>,
+    held_from: u64,
+    rate: u32,
+    (start, end): (u64, u64),
+    words: &[Word],
+    threshold_dbfs: f32,
+) -> Vec<(u64, u64)> {
+    const MIN_UNHEARD_MS: u64 = 2_000;
+    const MIN_SPEECH_MS: u64 = 500;
+    let (ws, we) = (mask::sample_to_ms(start, rate), mask::sample_to_ms(end, rate));
+    // A word covers at most ~1.2 s: Whisper stretches the last token of a segment over audio it
+    // did not transcribe ("... 4" spanning a whole unheard card number).
+    const MAX_WORD_MS: u64 = 1_200;
+    let mut covered: Vec<(u64, u64)> =
+        words.iter().map(|w| (w.start_ms, w.end_ms.min(w.start_ms + MAX_WORD_MS))).collect();
+    covered.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut at = ws;
+    for (a, b) in covered.into_iter().chain([(we, we)]) {
+        if a > at && a - at >= MIN_UNHEARD_MS {
+            gaps.push((at, a));
+        }
+        at = at.max(b);
+    }
+    let limit = 10f64.powf(threshold_dbfs as f64 / 20.0) * 32_768.0;
+    let frame = (rate / 50) as u64;
+    gaps.into_iter()
+        .filter(|&(a, b)| {
+            let (sa, sb) = (mask::ms_to_sample(a, rate), mask::ms_to_sample(b, rate));
+            let mut speech_ms = 0;
+            let mut f = sa;
+            while f + frame <= sb {
+                let range = (f - held_from) as usize..(f + frame - held_from) as usize;
+                let e: f64 = held.range(range).map(|&x| (x as f64) * (x as f64)).sum();
+                if (e / frame as f64).sqrt() > limit {
+                    speech_ms += 20;
+                }
+                f += frame;
+            }
+            speech_ms >= MIN_SPEECH_MS
+        })
+        .collect()
 }
 
 fn push_word(text: &mut String, w: &str) {
