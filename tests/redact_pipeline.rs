@@ -73,6 +73,8 @@ impl Call {
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Behaviour {
     Answer,
+    /// Answers, but without the PII words (Whisper dropping a digit string it cannot read).
+    Deaf,
     Fail,
     Never,
 }
@@ -108,6 +110,12 @@ fn run(call: &Call, cfg: PipelineConfig, behave: impl Fn(u64) -> Behaviour, fram
                 Output::Transcribe(job) => match behave(job.id.0) {
                     // Answered one window-length later (a realistic worker).
                     Behaviour::Answer => pending.push((now + Duration::from_millis(800), job)),
+                    Behaviour::Deaf => {
+                        let mut words = call.transcribe(&job);
+                        words.retain(|w| !w.text.expose().chars().all(|c| c.is_ascii_digit()));
+                        r.answered.push((job.start_ms, job.start_ms + job.audio.len() as u64 / 16));
+                        p.transcript(now, job.id, Ok(words))
+                    }
                     Behaviour::Fail => p.transcript(now, job.id, Err(TranscribeError::ModelUnavailable("test".into()))),
                     Behaviour::Never => {}
                 },
@@ -233,6 +241,19 @@ fn full_hold_buffer_mutes_oldest() {
     let r = run(&call, cfg, |_| Behaviour::Never, 20);
     assert_cleared(&call, &r);
     assert!(r.max_held_ms <= 15_000 + 100, "held {} ms", r.max_held_ms);
+}
+
+#[test]
+fn speech_the_asr_skipped_is_muted() {
+    let call = Call::new("hello there my account is *4 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 *1 thanks | bye");
+    let r = run(&call, PipelineConfig::default(), |_| Behaviour::Deaf, 20);
+    // The transcriber "answered" every window, so only the unheard-speech rule can mute the digits.
+    for w in call.words.iter().filter(|w| w.3) {
+        let s = w.0 as usize * 8;
+        assert!(r.out[s..s + 1_000].iter().all(|&x| x == 0), "unheard digits at {} ms reached the sink", w.0);
+    }
+    assert!(r.spans.iter().any(|s| s.2 == SpanKind::Unverified));
+    assert_ne!(r.out[call.words[0].0 as usize * 8 + 100], 0, "heard speech is kept");
 }
 
 #[test]
