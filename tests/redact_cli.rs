@@ -112,6 +112,46 @@ fn card_number_is_gone_from_audio_and_report() {
 }
 
 #[test]
+fn stereo_16k_alaw_keeps_layout_and_masks_per_channel() {
+    tool("espeak-ng");
+    tool("sox");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let caller = speak(d, "caller", "Hello. My card number is 4 1 1 1, 1 1 1 1, 1 1 1 1, 1 1 1 1. Thanks.");
+    let agent = speak(d, "agent", "Good afternoon, how can I help you today?");
+    let len = caller.len().max(agent.len()) + 4_000;
+    let pad = |mut v: Vec<i16>| {
+        v.resize(len, 0);
+        v
+    };
+    let (caller, agent) = (pad(caller), pad(agent));
+    let pcm = d.join("stereo8k.wav");
+    wav::write(std::fs::File::create(&pcm).unwrap(), 8_000, &[caller.clone(), agent.clone()]).unwrap();
+    let call = d.join("stereo.wav");
+    assert!(Command::new("sox")
+        .arg(&pcm)
+        .args(["-r", "16000", "-e", "a-law", "-b", "8"])
+        .arg(&call)
+        .status()
+        .unwrap()
+        .success());
+    let input = wav::read(&std::fs::read(&call).unwrap()).unwrap();
+    assert_eq!((input.rate, input.encoding, input.channels.len()), (16_000, wav::Encoding::Alaw, 2));
+    let (out, report) = (d.join("out.wav"), d.join("report.json"));
+    let rep = redact(&call, &out, &report);
+    let o = wav::read(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!((o.rate, o.encoding, o.channels.len()), (16_000, wav::Encoding::Pcm16, 2));
+    assert_eq!(o.channels[0].len(), input.channels[0].len());
+    let spans = rep["spans"].as_array().unwrap();
+    assert!(spans.iter().any(|s| s["channel"] == 0 && s["kind"] != "unverified"), "{rep}");
+    assert!(!spans.iter().any(|s| s["channel"] == 1 && s["kind"] != "unverified"), "agent has no PII: {rep}");
+    let text = transcript(&rep);
+    assert!(!text.contains("1111") && !text.contains("4111"), "{text}");
+    // The agent channel is kept.
+    assert!(o.channels[1].iter().filter(|s| s.unsigned_abs() > 300).count() > 16_000 / 2);
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.wav");
