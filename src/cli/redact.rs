@@ -107,7 +107,10 @@ pub fn run(args: Args) -> ExitCode {
             Err(e) => return fail(EX_UNAVAILABLE, e),
         }
     }
-    let pool = Pool::new(ts, 4);
+    let pool = match Pool::new(ts, 4) {
+        Ok(p) => p,
+        Err(e) => return fail(EX_UNAVAILABLE, format!("cannot start transcription workers: {e}")),
+    };
     let mut sink = MemorySink::default();
     let stats = match batch::run(pipeline_config(&rc), audio.rate, &audio.channels, &pool, &mut sink, None) {
         Ok(s) => s,

@@ -34,43 +34,39 @@ pub fn default_workers() -> usize {
 }
 
 impl Pool {
-    /// Starts one worker per transcriber; `queue` jobs may wait.
-    pub fn new(transcribers: Vec<Box<dyn Transcriber>>, queue: usize) -> Pool {
+    /// Starts one worker per transcriber; `queue` jobs may wait. Fails only when the OS refuses
+    /// a thread.
+    pub fn new(transcribers: Vec<Box<dyn Transcriber>>, queue: usize) -> std::io::Result<Pool> {
         let (tx, jobs) = mpsc::sync_channel::<Job>(queue.max(1));
         let jobs = Arc::new(Mutex::new(jobs));
         let (done_tx, rx) = mpsc::channel();
-        let workers = transcribers
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut t)| {
-                let jobs = Arc::clone(&jobs);
-                let done_tx = done_tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("transcribe-{i}"))
-                    .spawn(move || loop {
-                        let job = match jobs.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        #[allow(clippy::disallowed_methods)] // a driver thread: measures its own work time
-                        let t0 = std::time::Instant::now();
-                        let result = t.transcribe(&job.audio);
-                        let done = Done {
-                            id: job.id,
-                            channel: job.channel,
-                            audio_ms: job.audio.len() as u64 / 16,
-                            took: t0.elapsed(),
-                            result,
-                        };
-                        if done_tx.send(done).is_err() {
-                            return;
-                        }
-                    })
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        Pool { tx: Some(tx), rx, workers }
+        let mut workers = Vec::new();
+        for (i, mut t) in transcribers.into_iter().enumerate() {
+            let jobs = Arc::clone(&jobs);
+            let done_tx = done_tx.clone();
+            let handle = std::thread::Builder::new().name(format!("transcribe-{i}")).spawn(move || loop {
+                let job = match jobs.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                #[allow(clippy::disallowed_methods)] // a driver thread: measures its own work time
+                let t0 = std::time::Instant::now();
+                let result = t.transcribe(&job.audio);
+                let done = Done {
+                    id: job.id,
+                    channel: job.channel,
+                    audio_ms: job.audio.len() as u64 / 16,
+                    took: t0.elapsed(),
+                    result,
+                };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+            })?;
+            workers.push(handle);
+        }
+        Ok(Pool { tx: Some(tx), rx, workers })
     }
 
     /// Queues a job without blocking; gives it back when the queue is full or the pool stopped.
