@@ -19,6 +19,7 @@ demo: setup
 # fmt, clippy, compile every target (benches included, in the test profile, not run), then run
 # the library, binary and integration tests.
 test: setup
+	scripts/provision-model tiny.en >/dev/null   # the real-model redaction test (tests/redact_cli.rs)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets --no-run

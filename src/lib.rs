@@ -18,5 +18,8 @@ pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod pii;
+pub mod redact;
 pub mod sip;
+
+pub mod transcribe;
 pub mod vault;

@@ -25,6 +25,27 @@ enum Command {
     Recordings(callveil::cli::recordings::RecordingsArgs),
     /// Vault key management: init, rotate.
     Keys(callveil::cli::keys::KeysArgs),
+    /// Redact a recording offline: card numbers, security codes, IDs cut from audio and transcript.
+    Redact {
+        #[arg(long = "in", value_name = "IN.wav")]
+        input: PathBuf,
+        #[arg(long = "out", value_name = "OUT.wav")]
+        output: PathBuf,
+        #[arg(long, value_name = "REPORT.json")]
+        report: PathBuf,
+        /// Configuration file for the [redaction] section [default: the embedded defaults]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// ggml Whisper model [default: redaction.model]
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// en, es or pt [default: redaction.language]
+        #[arg(long, value_parser = ["en", "es", "pt"])]
+        lang: Option<String>,
+        /// Transcription workers [default: redaction.workers]
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// Parse SIP messages from files and print one verdict line per file.
     SipCheck {
         #[arg(required = true, value_name = "FILE")]
@@ -45,5 +66,21 @@ fn main() -> ExitCode {
         Command::SipCheck { files } => callveil::cli::sip_check::run(&files),
         Command::Recordings(args) => callveil::cli::recordings::run(args),
         Command::Keys(args) => callveil::cli::keys::run(args),
+        Command::Redact { input, output, report, config, model, lang, workers } => {
+            let language = lang.as_deref().map(|l| match l {
+                "es" => callveil::redact::normalize::Lang::Es,
+                "pt" => callveil::redact::normalize::Lang::Pt,
+                _ => callveil::redact::normalize::Lang::En,
+            });
+            callveil::cli::redact::run(callveil::cli::redact::Args {
+                input,
+                output,
+                report,
+                config,
+                model,
+                language,
+                workers,
+            })
+        }
     }
 }

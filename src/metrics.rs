@@ -268,12 +268,58 @@ impl VaultMetrics {
     }
 }
 
+/// Recording-path metrics (transcription and redaction, issue 5). Labels are kinds only.
+#[derive(Clone, Debug, Default)]
+pub struct RedactMetrics {
+    /// Seconds from a window's close to its transcript, last observed.
+    pub transcription_lag_ms: Gauge,
+    /// Worker time / audio time of the last window, in thousandths (250 = RTF 0.25).
+    pub real_time_factor_milli: Gauge,
+    /// Windows waiting for a transcription worker.
+    pub queue_depth: Gauge,
+    pub redactions: Family<KindLabels, Counter>,
+    pub unverified_ms: Counter,
+    pub windows: Counter,
+}
+
+impl RedactMetrics {
+    pub fn redaction(&self, kind: &'static str, n: u64) {
+        self.redactions.get_or_create(&KindLabels { kind: kind.to_string() }).inc_by(n);
+    }
+
+    /// One transcribed window: its audio length, the worker's time on it and the lag.
+    pub fn window(&self, audio_ms: u64, took_ms: u64, lag_ms: u64) {
+        self.windows.inc();
+        self.transcription_lag_ms.set(lag_ms as i64);
+        self.real_time_factor_milli.set((took_ms * 1000 / audio_ms.max(1)) as i64);
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("redact");
+        r.register(
+            "transcription_lag_ms",
+            "Time from a window's close to its transcript",
+            self.transcription_lag_ms.clone(),
+        );
+        r.register(
+            "real_time_factor_milli",
+            "Transcription worker time per audio time of the last window, x1000",
+            self.real_time_factor_milli.clone(),
+        );
+        r.register("queue_depth", "Windows waiting for a transcription worker", self.queue_depth.clone());
+        r.register("redactions", "Spans redacted, by kind", self.redactions.clone());
+        r.register("unverified_ms", "Audio muted because it could not be cleared in time", self.unverified_ms.clone());
+        r.register("windows", "Windows transcribed", self.windows.clone());
+    }
+}
+
 /// All of callveil's metrics and the registry that exposes them.
 pub struct Metrics {
     pub registry: Registry,
     pub sip: SipMetrics,
     pub media: MediaMetrics,
     pub vault: VaultMetrics,
+    pub redact: RedactMetrics,
 }
 
 impl Default for Metrics {
@@ -293,7 +339,9 @@ impl Metrics {
         media.prime();
         let vault = VaultMetrics::default();
         vault.register(&mut registry);
-        Metrics { registry, sip, media, vault }
+        let redact = RedactMetrics::default();
+        redact.register(&mut registry);
+        Metrics { registry, sip, media, vault, redact }
     }
 
     /// OpenMetrics text exposition.
@@ -321,5 +369,10 @@ mod tests {
         assert!(text.contains("callveil_sip_responses_total{class=\"4xx\"} 1"), "{text}");
         assert!(text.contains("callveil_sip_calls_total{outcome=\"Answered\"} 1"), "{text}");
         assert!(!text.contains("XYZZY"));
+        m.redact.redaction("pan", 2);
+        m.redact.window(4_000, 600, 900);
+        let text = m.encode();
+        assert!(text.contains("callveil_redact_redactions_total{kind=\"pan\"} 2"), "{text}");
+        assert!(text.contains("callveil_redact_real_time_factor_milli 150"), "{text}");
     }
 }

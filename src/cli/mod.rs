@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod recordings;
+pub mod redact;
 pub mod run;
 pub mod sip_check;
 

@@ -41,6 +41,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub redaction: RedactionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +262,77 @@ impl Default for LogConfig {
     }
 }
 
+/// `[redaction]`: transcription and redaction of the recording path (and `callveil redact`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Any whisper.cpp ggml model file (scripts/provision-model builds the default).
+    pub model: PathBuf,
+    /// Number words and keywords: `en`, `es` or `pt` (es/pt need a multilingual model).
+    pub language: crate::redact::normalize::Lang,
+    /// Transcription workers; 0 = one per core but one, which is left for the media relay.
+    pub workers: usize,
+    /// Padding on both sides of every redaction, in ms (ASR word times are inexact).
+    pub pad_ms: u64,
+    /// Fail-safe: digit runs at least this long are redacted even when no check digit matches.
+    pub min_digits: usize,
+    /// `silence` or `tone` (1 kHz) over redacted audio.
+    pub mask: crate::redact::mask::MaskStyle,
+    /// Most audio held in RAM per channel before the oldest is released muted (unverified).
+    pub hold_seconds: u64,
+    /// A window not transcribed within this many ms of closing is released muted (unverified).
+    pub deadline_ms: u64,
+    /// Detectors that run: pan, cvv, expiry, national_id, iban, ssn, digits.
+    pub detectors: Vec<String>,
+    /// Cap on tokens Whisper may produce per window.
+    pub max_tokens: usize,
+}
+
+impl Default for RedactionConfig {
+    fn default() -> Self {
+        RedactionConfig {
+            model: PathBuf::from("models/ggml-tiny.en.bin"),
+            language: crate::redact::normalize::Lang::En,
+            workers: 0,
+            pad_ms: 700,
+            min_digits: 9,
+            mask: crate::redact::mask::MaskStyle::Silence,
+            hold_seconds: 60,
+            deadline_ms: 20_000,
+            detectors: ["pan", "cvv", "expiry", "national_id", "iban", "ssn", "digits"].map(String::from).to_vec(),
+            max_tokens: 128,
+        }
+    }
+}
+
+impl RedactionConfig {
+    /// Checks ranges; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pad_ms > 5_000 {
+            return Err(ConfigError::new("redaction.pad_ms", "must be at most 5000"));
+        }
+        if !(4..=19).contains(&self.min_digits) {
+            return Err(ConfigError::new("redaction.min_digits", "must be between 4 and 19"));
+        }
+        // A window is up to 12 s long; the hold must fit two of them plus padding.
+        if !(30..=3_600).contains(&self.hold_seconds) {
+            return Err(ConfigError::new("redaction.hold_seconds", "must be between 30 and 3600"));
+        }
+        if !(1_000..=600_000).contains(&self.deadline_ms) {
+            return Err(ConfigError::new("redaction.deadline_ms", "must be between 1000 and 600000"));
+        }
+        if self.workers > 256 {
+            return Err(ConfigError::new("redaction.workers", "must be at most 256"));
+        }
+        if !(8..=448).contains(&self.max_tokens) {
+            return Err(ConfigError::new("redaction.max_tokens", "must be between 8 and 448"));
+        }
+        crate::redact::detect::Detectors::from_names(&self.detectors)
+            .map_err(|e| ConfigError::new("redaction.detectors", e))?;
+        Ok(())
+    }
+}
+
 /// Transport of a SIP listener or upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -462,6 +534,7 @@ impl Settings {
                 ConfigError::new("metrics.listen", format!("`{}` is not an IP:PORT address", raw.metrics.listen))
             })?)
         };
+        raw.redaction.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             return Err(ConfigError::new("log.level", format!("invalid filter: {e}")));
         }
@@ -530,6 +603,12 @@ mod tests {
         assert_eq!(e.key, "sip.t1_ms", "{e}");
         let e = err("[metrics]\nlisten = \"here\"\n");
         assert_eq!(e.key, "metrics.listen", "{e}");
+        let e = err("[redaction]\nmin_digits = 2\n");
+        assert_eq!(e.key, "redaction.min_digits", "{e}");
+        let e = err("[redaction]\ndetectors = [\"pan\", \"dna\"]\n");
+        assert_eq!(e.key, "redaction.detectors", "{e}");
+        let e = err("[redaction]\nlanguage = \"fr\"\n");
+        assert_eq!(e.key, "redaction.language", "{e}");
         let e = err("[sip\n");
         assert!(e.key.starts_with("(syntax)"), "{e}");
     }

@@ -107,7 +107,6 @@ pub struct ClearedAudio {
 impl ClearedAudio {
     /// Called by the redaction masker only, after every span overlapping these samples has been
     /// applied and the window was cleared (or muted as unverified).
-    #[allow(dead_code)] // the redaction masker (issue 5) is its only caller
     pub(crate) fn cleared(channel: u8, start_ms: u64, sample_rate: u32, samples: Vec<i16>) -> ClearedAudio {
         ClearedAudio { channel, start_ms, sample_rate, samples }
     }

@@ -1,0 +1,539 @@
+//! Streaming detectors over timestamped ASR words: card numbers, security codes, expiry dates,
+//! national IDs, IBANs, SSNs and the "long digit run" fail-safe.
+//!
+//! Words arrive window by window, in time order, per channel. Words are normalised (see
+//! `normalize`) into digit groups, letters, keywords and loose digit-like words; consecutive
+//! digit-like tokens (gaps under `max_gap_ms`) form a *run*. A run is decided once it is closed
+//! (a non-digit word follows, or the transcript is known to be complete far enough past its last
+//! token): check digits (Luhn + IIN, mod-97, mod-23, mod-11), a keyword context that was opened
+//! just before it ("card number", "código de seguridad": the context keeps going while digit-like
+//! words continue, so misheard digits are caught too, FACTS.md §2), or its length
+//! (>= `min_digits`). Words of a run that is still open are held back: [`StreamDetector::horizon_ms`]
+//! tells the pipeline how far audio and transcript may be released.
+//!
+//! This module decides *what* and *when*; it does not pad or mask audio (`plan`, `mask`) and it
+//! never logs or prints a word or digit.
+
+use crate::redact::checks;
+use crate::redact::normalize::{normalize, Context, Lang, TokKind, Token};
+use crate::transcribe::Word;
+use crate::vault::sink::SpanKind;
+
+/// Which detectors run (configurable per deployment; see `[redaction]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detectors {
+    pub pan: bool,
+    pub cvv: bool,
+    pub expiry: bool,
+    pub national_id: bool,
+    pub iban: bool,
+    pub ssn: bool,
+    pub digits: bool,
+}
+
+impl Default for Detectors {
+    fn default() -> Self {
+        Detectors { pan: true, cvv: true, expiry: true, national_id: true, iban: true, ssn: true, digits: true }
+    }
+}
+
+impl Detectors {
+    /// From names as in the config (`pan`, `cvv`, `expiry`, `national_id`, `iban`, `ssn`, `digits`).
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Detectors, String> {
+        let mut d = Detectors {
+            pan: false,
+            cvv: false,
+            expiry: false,
+            national_id: false,
+            iban: false,
+            ssn: false,
+            digits: false,
+        };
+        for n in names {
+            match n.as_ref() {
+                "pan" => d.pan = true,
+                "cvv" => d.cvv = true,
+                "expiry" => d.expiry = true,
+                "national_id" => d.national_id = true,
+                "iban" => d.iban = true,
+                "ssn" => d.ssn = true,
+                "digits" => d.digits = true,
+                other => {
+                    return Err(format!(
+                        "unknown detector `{other}` (expected pan, cvv, expiry, national_id, iban, ssn, digits)"
+                    ))
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    pub lang: Lang,
+    pub detectors: Detectors,
+    /// Fail-safe: a run of at least this many digits is redacted whatever its check digits say.
+    pub min_digits: usize,
+    /// Longest pause between two tokens of one run.
+    pub max_gap_ms: u64,
+    /// How long a keyword keeps its context open waiting for the first digit.
+    pub context_ms: u64,
+    /// How long a context stays open after its last digit-like token.
+    pub context_hold_ms: u64,
+    /// Unrecognised words tolerated inside a run while a context is open (ASR garbage).
+    pub context_slack: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            lang: Lang::En,
+            detectors: Detectors::default(),
+            min_digits: 9,
+            max_gap_ms: 1_500,
+            context_ms: 8_000,
+            context_hold_ms: 3_000,
+            context_slack: 2,
+        }
+    }
+}
+
+/// A word with the redaction decided for it (None: keep).
+#[derive(Clone, Debug)]
+pub struct MarkedWord {
+    pub word: Word,
+    pub mark: Option<SpanKind>,
+}
+
+/// A detection in media time, before padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub kind: SpanKind,
+}
+
+/// What a call to the detector settled: words that will not change any more, and detections.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub words: Vec<MarkedWord>,
+    pub detections: Vec<Detection>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ctx {
+    kind: SpanKind,
+    until_ms: u64,
+    /// End of the keyword that opened it, while no run has used it yet: the first run's span
+    /// starts there, because ASR times the first digit late (up to ~0.8 s, FACTS.md §2).
+    keyword_end: Option<u64>,
+}
+
+/// Per-channel streaming detector.
+pub struct StreamDetector {
+    cfg: DetectConfig,
+    pending: Vec<Word>,
+    ctx: Option<Ctx>,
+    complete_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// More words may come: an unclosed run at the end is held back.
+    Streaming,
+    /// End of stream: decide everything normally.
+    Final,
+    /// The transcript is broken after this point (unverified window, gap): an unclosed run is
+    /// redacted whatever its length, because its continuation was never heard.
+    Break,
+}
+
+impl StreamDetector {
+    pub fn new(cfg: DetectConfig) -> StreamDetector {
+        StreamDetector { cfg, pending: Vec::new(), ctx: None, complete_ms: 0 }
+    }
+
+    /// Adds the next window's words (time order) and says the transcript is complete up to
+    /// `complete_ms` (the window's end).
+    pub fn push(&mut self, words: Vec<Word>, complete_ms: u64) -> Settled {
+        self.pending.extend(words);
+        self.complete_ms = self.complete_ms.max(complete_ms);
+        self.scan(Mode::Streaming)
+    }
+
+    /// End of the stream: settles everything.
+    pub fn finish(&mut self) -> Settled {
+        self.scan(Mode::Final)
+    }
+
+    /// The transcript cannot continue from here (a window was muted unverified, or the tap had a
+    /// gap): settles everything, redacting any open run.
+    pub fn break_stream(&mut self, resume_ms: u64) -> Settled {
+        let s = self.scan(Mode::Break);
+        self.complete_ms = self.complete_ms.max(resume_ms);
+        s
+    }
+
+    /// Start of the first word not yet settled: audio from here on must stay held.
+    pub fn horizon_ms(&self) -> Option<u64> {
+        self.pending.first().map(|w| w.start_ms)
+    }
+
+    fn ctx_at(&self, t: u64) -> Option<Ctx> {
+        self.ctx.filter(|c| t <= c.until_ms)
+    }
+
+    /// The span kind a keyword context stands for, if that detector is on.
+    fn ctx_kind(&self, c: Context) -> Option<SpanKind> {
+        let d = &self.cfg.detectors;
+        match c {
+            Context::Card if d.pan => Some(SpanKind::Pan),
+            Context::Security if d.cvv => Some(SpanKind::Cvv),
+            Context::Expiry if d.expiry => Some(SpanKind::Expiry),
+            Context::NationalId if d.national_id => Some(SpanKind::NationalId),
+            Context::Ssn if d.ssn => Some(SpanKind::Ssn),
+            Context::Iban if d.iban => Some(SpanKind::Iban),
+            _ => None,
+        }
+    }
+
+    fn scan(&mut self, mode: Mode) -> Settled {
+        let toks = normalize(self.cfg.lang, &self.pending);
+        let mut out = Settled::default();
+        let mut marks: Vec<Option<SpanKind>> = vec![None; self.pending.len()];
+        let mut settle_word = self.pending.len();
+        let mut i = 0;
+        while i < toks.len() {
+            let t = &toks[i];
+            match &t.kind {
+                TokKind::Keyword(k) => {
+                    self.ctx = self.ctx_kind(*k).map(|kind| Ctx {
+                        kind,
+                        until_ms: t.end_ms + self.cfg.context_ms,
+                        keyword_end: Some(t.end_ms),
+                    });
+                    i += 1;
+                    continue;
+                }
+                TokKind::Other => {
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let ctx = self.ctx_at(t.start_ms);
+            let Some(run) = self.collect_run(&toks, i, ctx.is_some()) else {
+                i += 1;
+                continue;
+            };
+            let closed = run.stopped || mode != Mode::Streaming || {
+                let last_end = toks[run.last].end_ms;
+                self.complete_ms >= last_end + self.cfg.max_gap_ms
+            };
+            if !closed {
+                settle_word = t.first_word;
+                break;
+            }
+            let (mut kind, uses_letters) = match self.decide(&toks[i..=run.last], ctx.map(|c| c.kind)) {
+                Some((k, l)) => (Some(k), l),
+                None => (None, false),
+            };
+            if kind.is_none() && mode == Mode::Break && !run.stopped {
+                kind = Some(SpanKind::Digits);
+            }
+            // Letters belong to the span only when an ID check used them ("X 1234567 L");
+            // otherwise they are words like Portuguese "é" or English "a" next to a number.
+            let (mut first, mut last) = (i, run.last);
+            if !uses_letters {
+                while first < last && matches!(toks[first].kind, TokKind::Letter(_)) {
+                    first += 1;
+                }
+                while last > first && matches!(toks[last].kind, TokKind::Letter(_)) {
+                    last -= 1;
+                }
+            }
+            let (mut start_ms, end_ms) = (toks[first].start_ms, toks[last].end_ms);
+            if let (Some(_), Some(k)) = (kind, ctx.and_then(|c| c.keyword_end)) {
+                start_ms = start_ms.min(k.max(start_ms.saturating_sub(self.cfg.max_gap_ms)));
+            }
+            if let Some(kind) = kind {
+                for m in &mut marks[toks[first].first_word..=toks[last].last_word] {
+                    *m = Some(kind);
+                }
+                out.detections.push(Detection { start_ms, end_ms, kind });
+            }
+            if let Some(kind) = kind {
+                // A context lasts while digit-like words continue, and a redacted run opens one:
+                // digits that follow it closely ("... 1 near 0 0 5") belong to the same number.
+                self.ctx = Some(Ctx { kind, until_ms: end_ms + self.cfg.context_hold_ms, keyword_end: None });
+            }
+            i = run.last + 1;
+        }
+        let rest = self.pending.split_off(settle_word);
+        let done = std::mem::replace(&mut self.pending, rest);
+        out.words = done.into_iter().zip(marks).map(|(word, mark)| MarkedWord { word, mark }).collect();
+        out
+    }
+
+    /// Collects the run starting at `toks[i]`, or None when `toks[i]` cannot start one.
+    fn collect_run(&self, toks: &[Token], i: usize, in_ctx: bool) -> Option<Run> {
+        let is_core = |t: &Token| matches!(t.kind, TokKind::Digits(_)) || (in_ctx && t.kind == TokKind::Loose);
+        let mut last_real = None;
+        let mut last_end = toks[i].start_ms;
+        let mut slack = 0;
+        let mut letters = 0;
+        let mut has_core = false;
+        let mut j = i;
+        let mut stopped = false;
+        while j < toks.len() {
+            let t = &toks[j];
+            if j > i && t.start_ms.saturating_sub(last_end) > self.cfg.max_gap_ms {
+                stopped = true;
+                break;
+            }
+            if is_core(t) {
+                has_core = true;
+                letters = 0;
+                slack = 0;
+                last_real = Some(j);
+            } else if let TokKind::Letter(_) = t.kind {
+                letters += 1;
+                if letters > 4 {
+                    stopped = true;
+                    break;
+                }
+                if has_core {
+                    last_real = Some(j);
+                }
+            } else if in_ctx && has_core && t.kind == TokKind::Other && slack < self.cfg.context_slack {
+                slack += 1;
+            } else {
+                stopped = true;
+                break;
+            }
+            last_end = t.end_ms;
+            j += 1;
+        }
+        if !has_core {
+            // Letters alone are not a run, unless they are the last tokens and digits may follow.
+            return (!stopped && j == toks.len()).then_some(Run { last: j - 1, stopped: false });
+        }
+        let last = last_real.unwrap_or(i);
+        // Trailing letters count only when the run ended (a DNI letter), not while open.
+        Some(Run { last, stopped: stopped || last + 1 < j })
+    }
+
+    /// The kind, and whether letters took part in the match.
+    fn decide(&self, toks: &[Token], ctx: Option<SpanKind>) -> Option<(SpanKind, bool)> {
+        let d = &self.cfg.detectors;
+        let mut digits = String::new();
+        let mut alnum = String::new();
+        let mut core = 0;
+        for t in toks {
+            match &t.kind {
+                TokKind::Digits(s) => {
+                    digits.push_str(s);
+                    alnum.push_str(s);
+                    core += 1;
+                }
+                TokKind::Letter(c) => alnum.push(*c),
+                TokKind::Loose => core += 1,
+                _ => {}
+            }
+        }
+        if core == 0 {
+            return None;
+        }
+        if d.pan && checks::find_pan(&digits) {
+            return Some((SpanKind::Pan, false));
+        }
+        let windows = |n: usize| (0..alnum.len().saturating_sub(n - 1)).map(move |s| s..s + n);
+        if d.iban && (15..=34).any(|n| windows(n).any(|r| checks::is_iban(&alnum[r]))) {
+            return Some((SpanKind::Iban, true));
+        }
+        if d.national_id && windows(9).any(|r| checks::is_dni_or_nie(&alnum[r.clone()]) || checks::is_nino(&alnum[r])) {
+            return Some((SpanKind::NationalId, true));
+        }
+        if let Some(k) = ctx {
+            return Some((k, false));
+        }
+        if digits.len() == 9 {
+            if d.national_id && self.cfg.lang == Lang::Pt && checks::is_pt_nif(&digits) {
+                return Some((SpanKind::NationalId, false));
+            }
+            if d.ssn && self.cfg.lang == Lang::En && checks::is_ssn(&digits) {
+                return Some((SpanKind::Ssn, false));
+            }
+        }
+        if d.digits && digits.len() >= self.cfg.min_digits {
+            return Some((SpanKind::Digits, false));
+        }
+        None
+    }
+}
+
+struct Run {
+    /// Index of the run's last real token (trailing fillers excluded).
+    last: usize,
+    /// The run met a token that cannot continue it, so it is closed whatever comes later.
+    stopped: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::Pii;
+
+    /// Words 300 ms apart starting at `t0`; `|` makes a 3 s pause.
+    fn words(t0: u64, text: &str) -> Vec<Word> {
+        let mut t = t0;
+        let mut out = Vec::new();
+        for w in text.split_whitespace() {
+            if w == "|" {
+                t += 3_000;
+                continue;
+            }
+            out.push(Word { text: Pii::new(w.to_string()), start_ms: t, end_ms: t + 250 });
+            t += 300;
+        }
+        out
+    }
+
+    fn run(lang: Lang, text: &str) -> Vec<(SpanKind, String)> {
+        let cfg = DetectConfig { lang, ..DetectConfig::default() };
+        let mut d = StreamDetector::new(cfg);
+        let ws = words(0, text);
+        let end = ws.last().map(|w| w.end_ms).unwrap_or(0);
+        let mut s = d.push(ws, end);
+        let f = d.finish();
+        s.words.extend(f.words);
+        s.detections.extend(f.detections);
+        // Group marked words back into (kind, text) for readable assertions.
+        let mut out: Vec<(SpanKind, String)> = Vec::new();
+        let mut prev: Option<SpanKind> = None;
+        for w in s.words {
+            match (w.mark, prev) {
+                (Some(k), Some(p)) if k == p => {
+                    let last = out.last_mut().unwrap();
+                    last.1.push(' ');
+                    last.1.push_str(w.word.text.expose());
+                }
+                (Some(k), _) => out.push((k, w.word.text.expose().clone())),
+                _ => {}
+            }
+            prev = w.mark;
+        }
+        assert_eq!(out.len(), s.detections.len(), "one detection per marked group");
+        out
+    }
+
+    #[test]
+    fn card_number_with_luhn() {
+        let r = run(Lang::En, "it is 4111 1111 1111 1111 thanks");
+        assert_eq!(r, vec![(SpanKind::Pan, "4111 1111 1111 1111".into())]);
+    }
+
+    #[test]
+    fn spoken_card_number_without_context() {
+        let r = run(Lang::En, "ok four one one one one one one one one one one one one one one one thanks");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, SpanKind::Pan);
+    }
+
+    #[test]
+    fn invalid_luhn_falls_back_to_digit_run() {
+        let r = run(Lang::En, "ok 4111 1111 1111 1112 bye");
+        assert_eq!(r, vec![(SpanKind::Digits, "4111 1111 1111 1112".into())]);
+        // Short numbers without context are kept.
+        assert!(run(Lang::En, "I have 2 kids and 3 dogs").is_empty());
+        assert!(run(Lang::En, "call me at 5 or 6 tomorrow at 10").is_empty());
+    }
+
+    #[test]
+    fn context_catches_misheard_digits() {
+        // Whisper on 8 kHz: "free" for three, "for" for four, a dropped digit (Luhn fails).
+        let r = run(Lang::En, "my card number is for one one free one one one one one one one one one one one");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, SpanKind::Pan);
+        assert!(r[0].1.starts_with("for"), "{:?}", r[0].1);
+    }
+
+    #[test]
+    fn security_code_and_expiry() {
+        let r = run(Lang::En, "the security code is one two three and the expiry date is oh five twenty seven");
+        assert_eq!(r, vec![(SpanKind::Cvv, "one two three".into()), (SpanKind::Expiry, "oh five twenty seven".into())]);
+        let r = run(Lang::Es, "el código de seguridad es cuatro cinco seis");
+        assert_eq!(r, vec![(SpanKind::Cvv, "cuatro cinco seis".into())]);
+        let r = run(Lang::Pt, "a validade é doze vinte e oito");
+        assert_eq!(r, vec![(SpanKind::Expiry, "doze vinte e oito".into())]);
+    }
+
+    #[test]
+    fn context_expires() {
+        // A card mention, then a long pause, then a short number: kept.
+        let r = run(Lang::En, "my card | | | | the meeting is at 3");
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn national_ids() {
+        let r = run(Lang::Es, "mi dni es 12345678 Z gracias");
+        assert_eq!(r, vec![(SpanKind::NationalId, "12345678 Z".into())]);
+        let r = run(Lang::Es, "ok X 1234567 L vale");
+        assert_eq!(r, vec![(SpanKind::NationalId, "X 1234567 L".into())]);
+        let r = run(Lang::Pt, "é 123456789 obrigado");
+        assert_eq!(r, vec![(SpanKind::NationalId, "123456789".into())]);
+        let r = run(Lang::En, "it is A B 12 34 56 C ok");
+        assert_eq!(r, vec![(SpanKind::NationalId, "A B 12 34 56 C".into())]);
+        let r = run(Lang::En, "number 123-45-6789 ok");
+        assert_eq!(r, vec![(SpanKind::Ssn, "123-45-6789".into())]);
+        let r = run(Lang::Es, "es ES91 2100 0418 4502 0005 1332 vale");
+        assert_eq!(r, vec![(SpanKind::Iban, "ES91 2100 0418 4502 0005 1332".into())]);
+    }
+
+    #[test]
+    fn runs_span_window_boundaries() {
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let w1 = words(0, "card number is 4111 1111");
+        let end1 = w1.last().unwrap().end_ms + 100;
+        let s1 = d.push(w1, end1);
+        // The run is open: its words are held, the horizon sits on its first digit.
+        assert_eq!(s1.words.len(), 3);
+        assert!(s1.detections.is_empty());
+        assert_eq!(d.horizon_ms(), Some(900));
+        let w2 = words(end1 + 200, "1111 1111 thank you");
+        let end2 = w2.last().unwrap().end_ms + 2_000;
+        let s2 = d.push(w2, end2);
+        assert_eq!(s2.detections.len(), 1);
+        assert_eq!(s2.detections[0].kind, SpanKind::Pan);
+        // The span reaches back to the end of the keyword ("card number" ends at 550 ms).
+        assert_eq!(s2.detections[0].start_ms, 550);
+        assert_eq!(s2.words.iter().filter(|w| w.mark.is_some()).count(), 4);
+        assert_eq!(d.horizon_ms(), None);
+    }
+
+    #[test]
+    fn broken_stream_redacts_open_runs() {
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let w = words(0, "it is 41 11");
+        let s = d.push(w, 1_300);
+        assert!(s.detections.is_empty());
+        let b = d.break_stream(5_000);
+        assert_eq!(b.detections.len(), 1);
+        assert_eq!(b.detections[0].kind, SpanKind::Digits);
+    }
+
+    #[test]
+    fn disabled_detectors_do_not_fire() {
+        let cfg = DetectConfig {
+            detectors: Detectors::from_names(&["digits"]).unwrap(),
+            min_digits: 20,
+            ..DetectConfig::default()
+        };
+        let mut d = StreamDetector::new(cfg);
+        d.push(words(0, "4111 1111 1111 1111"), 0);
+        assert!(d.finish().detections.is_empty());
+        assert!(Detectors::from_names(&["pan", "bogus"]).is_err());
+    }
+}
