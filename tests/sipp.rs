@@ -5,14 +5,14 @@
 //! - `direct`: caller straight to callee. Validates the scenario pair on its own.
 //! - `kamailio`: through Kamailio (record_route/loose_route/t_relay). Validates that the scenarios
 //!   route in-dialog requests (ACK, BYE, re-INVITE) via the recorded route through a real proxy.
-//! - `callveil`: through the `callveil run` binary. These are `#[ignore]`d until the proxy core is
-//!   wired into `callveil run`; `cargo test --test sipp -- --ignored callveil` runs them.
+//! - `callveil`: through the `callveil run` binary.
 //!
 //! A missing `sipp` fails the tests with instructions unless `CALLVEIL_SKIP_SIPP=1`; likewise a
 //! missing `kamailio` fails the `kamailio` runs unless `CALLVEIL_SKIP_KAMAILIO=1`. What SIP
 //! behaviour is checked lives in the scenarios: a call fails on any unexpected message, on a
 //! missing Record-Route at the callee, or on a final status other than the one required. These
 //! tests do not look at RTP, metrics values or logs.
+#![allow(clippy::disallowed_methods)] // real processes run on real time
 
 #[path = "sipp/harness.rs"]
 mod harness;
@@ -94,7 +94,6 @@ macro_rules! scenario {
         }
 
         #[test]
-        #[ignore = "callveil's proxy core is not wired into `callveil run` yet: run with --ignored"]
         fn callveil() {
             run(Hop::Callveil, $body);
         }
