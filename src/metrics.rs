@@ -137,7 +137,7 @@ impl SipMetrics {
         );
         r.register(
             "retransmissions_sent",
-            "Requests and responses retransmitted by callveil",
+            "Requests, responses and ACKs re-sent by callveil's transactions (counted when the transaction ends)",
             self.retransmissions_sent.clone(),
         );
         r.register("failovers", "Initial requests moved to the next upstream", self.failovers.clone());

@@ -92,6 +92,7 @@ fn timer_b_fires_on_virtual_time_and_caller_gets_408() {
     assert_eq!(finals(&sim.carrier, Method::Invite), vec![408]);
     // Timer A: INVITE sent at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s = 7 copies.
     assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 7);
+    assert_eq!(sim.metric("callveil_sip_retransmissions_sent_total"), Some(6.0), "6 Timer A retransmissions");
     assert!(sim.now - start >= Duration::from_secs(32));
     assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"TimedOut\"}"), Some(1.0));
 }

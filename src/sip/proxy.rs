@@ -1173,53 +1173,40 @@ impl Proxy {
         format!("cv{:x}", h.finish())
     }
 
+    /// Moves what a server transaction queued into the outbox, files its next deadline, and
+    /// forgets it once terminated.
     fn flush_server(&mut self, now: Instant, id: TxId) {
         let Some(entry) = self.servers.get_mut(&id) else { return };
-        let peer = entry.peer;
-        let mut sends = Vec::new();
-        while let Some(b) = entry.txn.poll_transmit() {
-            sends.push(b);
+        while let Some(bytes) = entry.txn.poll_transmit() {
+            self.out.push_back(Transmit { to: entry.peer, bytes });
         }
-        let deadline = entry.txn.poll_timeout();
-        let done = entry.txn.is_terminated();
-        for b in sends {
-            self.send(peer, b);
-        }
-        if done {
+        if entry.txn.is_terminated() {
             if let Some(entry) = self.servers.remove(&id) {
                 self.server_keys.remove(&entry.key);
                 self.metrics.transactions_in_flight.dec();
+                self.metrics.retransmissions_sent.inc_by(u64::from(entry.txn.retransmissions()));
                 if entry.ctx {
                     self.gc_context(id);
                 }
             }
-        } else if let Some(at) = deadline {
+        } else if let Some(at) = entry.txn.poll_timeout() {
             self.timers.push(Reverse((at.max(now), TimerRef::Server(id))));
         }
     }
 
+    /// The same for a client transaction.
     fn flush_client(&mut self, now: Instant, id: TxId) {
         let Some(entry) = self.clients.get_mut(&id) else { return };
-        let peer = entry.peer;
-        let mut sends = Vec::new();
-        while let Some(b) = entry.txn.poll_transmit() {
-            sends.push(b);
+        while let Some(bytes) = entry.txn.poll_transmit() {
+            self.out.push_back(Transmit { to: entry.peer, bytes });
         }
-        let deadline = entry.txn.poll_timeout();
-        let done = entry.txn.is_terminated();
-        let retrans = sends.len();
-        for b in sends {
-            self.send(peer, b);
-        }
-        if retrans > 0 {
-            self.metrics.retransmissions_sent.inc_by(retrans as u64);
-        }
-        if done {
+        if entry.txn.is_terminated() {
             if let Some(entry) = self.clients.remove(&id) {
                 self.client_keys.remove(&entry.key);
                 self.metrics.transactions_in_flight.dec();
+                self.metrics.retransmissions_sent.inc_by(u64::from(entry.txn.retransmissions()));
             }
-        } else if let Some(at) = deadline {
+        } else if let Some(at) = entry.txn.poll_timeout() {
             self.timers.push(Reverse((at.max(now), TimerRef::Client(id))));
         }
     }
