@@ -81,15 +81,33 @@ impl Default for SipConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
+    /// Name used in metadata and retention rules; defaults to `routes[N]`.
+    pub name: Option<String>,
     /// Regex on the Request-URI user part (anchored: it must match the whole user part).
     pub match_user: String,
     /// Upstreams in failover order: `udp:HOST:PORT` or `tcp:HOST:PORT`.
     pub upstream: Vec<String>,
+    /// Overrides `consent.mode` for calls on this route.
+    pub consent: Option<ConsentMode>,
+    /// Overrides `consent.lawful_basis` (used when this route's mode is `not_required`).
+    pub lawful_basis: Option<String>,
+    /// IVR prompt language for this route (`en`, `es`, `pt`); else `consent.language`.
+    pub language: Option<String>,
+    /// Suppress the caller's DTMF toward the agent for the whole call (secure entry).
+    pub secure_entry: bool,
 }
 
 impl Default for RouteConfig {
     fn default() -> Self {
-        RouteConfig { match_user: ".*".into(), upstream: vec!["udp:127.0.0.1:5070".into()] }
+        RouteConfig {
+            name: None,
+            match_user: ".*".into(),
+            upstream: vec!["udp:127.0.0.1:5070".into()],
+            consent: None,
+            lawful_basis: None,
+            language: None,
+            secure_entry: false,
+        }
     }
 }
 
@@ -145,24 +163,112 @@ pub enum ConsentMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsentConfig {
+    /// How a call's recording gets permitted; routes may override it.
     pub mode: ConsentMode,
+    /// GDPR art. 6 basis recorded for `not_required` calls: `legal_obligation`, `contract`,
+    /// `vital_interests`, `public_task` or `legitimate_interests` (never `consent`).
+    pub lawful_basis: String,
+    /// Key that grants consent in `ivr` and `dtmf` modes.
+    pub grant_digit: String,
+    /// Key that declines.
+    pub decline_digit: String,
+    /// Keys that revoke consent at any time during the call (caller's keypad), e.g. `*9`.
+    pub revoke_sequence: String,
+    /// `dtmf` mode: seconds from the answer during which the caller's keys count as a decision.
+    pub window_s: u64,
+    /// Header a trusted PBX sets to `granted`, `declined` or `revoked` (any mode).
+    pub header: String,
+    /// Delete what was recorded for a call when its consent is revoked.
+    pub purge_on_revoke: bool,
+    /// `ivr`: directory of prompt WAVs named `LANG.wav` (8 kHz mono PCM16; scripts/make-prompts).
+    pub prompt_dir: PathBuf,
+    /// `ivr`: default prompt language.
+    pub language: String,
+    /// `ivr`: seconds to wait for a key after each prompt.
+    pub ivr_timeout_s: u64,
+    /// `ivr`: times the prompt is repeated when no key comes.
+    pub ivr_reprompts: u32,
 }
 
 impl Default for ConsentConfig {
     fn default() -> Self {
-        ConsentConfig { mode: ConsentMode::Ivr }
+        ConsentConfig {
+            mode: ConsentMode::Ivr,
+            lawful_basis: "legal_obligation".into(),
+            grant_digit: "1".into(),
+            decline_digit: "2".into(),
+            revoke_sequence: "*9".into(),
+            window_s: 30,
+            header: "X-Recording-Consent".into(),
+            purge_on_revoke: true,
+            prompt_dir: PathBuf::from("var/prompts"),
+            language: "en".into(),
+            ivr_timeout_s: 8,
+            ivr_reprompts: 1,
+        }
     }
 }
+
+impl ConsentConfig {
+    /// Checks keys and ranges; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |s: &str| s.len() == 1 && s.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c));
+        if !key(&self.grant_digit) {
+            return Err(ConfigError::new("consent.grant_digit", "must be one key: 0-9, *, #, A-D"));
+        }
+        if !key(&self.decline_digit) || self.decline_digit == self.grant_digit {
+            return Err(ConfigError::new(
+                "consent.decline_digit",
+                "must be one key (0-9, *, #, A-D) other than consent.grant_digit",
+            ));
+        }
+        let seq = &self.revoke_sequence;
+        if seq.is_empty()
+            || seq.len() > 8
+            || !seq.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c))
+            || seq == &self.grant_digit
+        {
+            return Err(ConfigError::new(
+                "consent.revoke_sequence",
+                "must be 1 to 8 keys (0-9, *, #, A-D), not just the grant key",
+            ));
+        }
+        if !(1..=3_600).contains(&self.window_s) {
+            return Err(ConfigError::new("consent.window_s", "must be between 1 and 3600"));
+        }
+        let h = &self.header;
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b)) {
+            return Err(ConfigError::new("consent.header", "must be a SIP header name (token characters)"));
+        }
+        if !(1..=120).contains(&self.ivr_timeout_s) {
+            return Err(ConfigError::new("consent.ivr_timeout_s", "must be between 1 and 120"));
+        }
+        if self.ivr_reprompts > 10 {
+            return Err(ConfigError::new("consent.ivr_reprompts", "must be at most 10"));
+        }
+        Ok(())
+    }
+}
+
+/// Lawful bases other than consent that `consent.lawful_basis` may name.
+pub const NON_CONSENT_BASES: [&str; 5] =
+    ["legal_obligation", "contract", "vital_interests", "public_task", "legitimate_interests"];
+
+/// Prompt languages callveil ships prompts for.
+pub const PROMPT_LANGUAGES: [&str; 3] = ["en", "es", "pt"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordingConfig {
     pub enabled: bool,
+    /// Tap frames queued between the relay and the recording path (20 ms each); when full the
+    /// tap drops and marks a gap, which the recording path mutes.
+    pub tap_queue: usize,
 }
 
 impl Default for RecordingConfig {
     fn default() -> Self {
-        RecordingConfig { enabled: true }
+        RecordingConfig { enabled: true, tap_queue: 8192 }
     }
 }
 
@@ -406,11 +512,20 @@ impl FromStr for PortRange {
     }
 }
 
-/// A route with its regex compiled and upstreams parsed.
+/// A route with its regex compiled, upstreams parsed and consent settings resolved.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// `name` from the config, else `routes[N]`.
+    pub name: String,
     pub match_user: regex::Regex,
     pub upstreams: Vec<Endpoint>,
+    /// `consent` of the route, else `consent.mode`.
+    pub consent: ConsentMode,
+    /// `lawful_basis` of the route, else `consent.lawful_basis`.
+    pub lawful_basis: String,
+    /// `language` of the route, else `consent.language`.
+    pub language: String,
+    pub secure_entry: bool,
 }
 
 /// The validated form of [`Config`]: what the program runs on.
@@ -482,7 +597,36 @@ impl Settings {
                 }
                 ups.push(ep);
             }
-            routes.push(Route { match_user: re, upstreams: ups });
+            let lawful_basis = r.lawful_basis.clone().unwrap_or_else(|| raw.consent.lawful_basis.clone());
+            if !NON_CONSENT_BASES.contains(&lawful_basis.as_str()) {
+                let key = if r.lawful_basis.is_some() {
+                    format!("sip.routes[{i}].lawful_basis")
+                } else {
+                    "consent.lawful_basis".to_string()
+                };
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{lawful_basis}` is not one of {}", NON_CONSENT_BASES.join(", ")),
+                ));
+            }
+            let language = r.language.clone().unwrap_or_else(|| raw.consent.language.clone());
+            if !PROMPT_LANGUAGES.contains(&language.as_str()) {
+                let key =
+                    if r.language.is_some() { format!("sip.routes[{i}].language") } else { "consent.language".into() };
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{language}` is not one of {}", PROMPT_LANGUAGES.join(", ")),
+                ));
+            }
+            routes.push(Route {
+                name: r.name.clone().unwrap_or_else(|| format!("routes[{i}]")),
+                match_user: re,
+                upstreams: ups,
+                consent: r.consent.unwrap_or(raw.consent.mode),
+                lawful_basis,
+                language,
+                secure_entry: r.secure_entry,
+            });
         }
         if !(512..=1_048_576).contains(&raw.sip.max_message_bytes) {
             return Err(ConfigError::new("sip.max_message_bytes", "must be between 512 and 1048576"));
@@ -535,6 +679,10 @@ impl Settings {
             })?)
         };
         raw.redaction.validate()?;
+        raw.consent.validate()?;
+        if !(64..=1_000_000).contains(&raw.recording.tap_queue) {
+            return Err(ConfigError::new("recording.tap_queue", "must be between 64 and 1000000"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             return Err(ConfigError::new("log.level", format!("invalid filter: {e}")));
         }

@@ -48,6 +48,8 @@ pub trait SipCore {
     /// RFC 3261 §8.1.3.1 treats this like a 503 from that peer, so the proxy can fail over at
     /// once instead of waiting for Timer B.
     fn transport_error(&mut self, _now: Instant, _to: Peer) {}
+    /// A command from the recording path (release a held INVITE, end a call, media actions).
+    fn handle_command(&mut self, _now: Instant, _cmd: crate::sip::events::CallCommand) {}
 }
 
 impl SipCore for Proxy {

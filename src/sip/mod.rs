@@ -7,6 +7,7 @@
 //! virtual time in tests.
 
 pub mod dialog;
+pub mod events;
 pub mod message;
 pub mod proxy;
 pub mod route;

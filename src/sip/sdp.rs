@@ -77,6 +77,14 @@ pub trait MediaAnchor: Send {
     fn handle_timeout(&mut self, _now: Instant) -> Vec<String> {
         Vec::new()
     }
+    /// An answer to the caller's pending offer, facing the caller, for callveil's own early media
+    /// (the IVR's 183): audio on the caller-facing ports, G.711 and telephone-event when offered.
+    /// Called after [`MediaAnchor::rewrite`] has seen the offer.
+    fn early_answer(&mut self, _call_id: &str) -> Result<Vec<u8>, AnchorError> {
+        Err(AnchorError::NotAcceptable("this anchor cannot answer on its own".into()))
+    }
+    /// A media action asked for by the recording path (tap, prompts, secure entry).
+    fn control(&mut self, _cmd: crate::sip::events::MediaCommand) {}
 }
 
 /// Forwards descriptions untouched after checking they look like SDP.
