@@ -21,6 +21,21 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// A complete consented, redacted call on loopback: callveil plus a simulated carrier and PBX.
+    Demo {
+        /// Storage directory for the demo's vault [default: storage.dir, var/callveil]
+        #[arg(long, value_name = "DIR")]
+        storage: Option<PathBuf>,
+        /// Directory with caller.wav and agent.wav (scripts/make-demo-audio) [default: var/demo]
+        #[arg(long, value_name = "DIR")]
+        audio: Option<PathBuf>,
+        /// ggml Whisper model [default: redaction.model]
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// Consent mode of the demo route [default: consent.mode]
+        #[arg(long, value_parser = ["ivr", "dtmf", "header", "api", "not_required"])]
+        consent: Option<String>,
+    },
     /// QA / DPO access to stored recordings: list, show, export, tag, hold, erase, sweep, audit.
     Recordings(callveil::cli::recordings::RecordingsArgs),
     /// Vault key management: init, rotate.
@@ -63,6 +78,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => callveil::cli::run::run(config.as_deref()),
+        Command::Demo { storage, audio, model, consent } => callveil::cli::demo::run(callveil::cli::demo::Args {
+            storage,
+            audio_dir: audio,
+            model,
+            consent: consent.as_deref().and_then(callveil::cli::demo::consent_mode),
+            wait_recording: None,
+        }),
         Command::SipCheck { files } => callveil::cli::sip_check::run(&files),
         Command::Recordings(args) => callveil::cli::recordings::run(args),
         Command::Keys(args) => callveil::cli::keys::run(args),

@@ -101,7 +101,14 @@ pub fn sdp_media_addr(body: &[u8]) -> Option<SocketAddr> {
 }
 
 /// A response to `req` with an SDP body (the builder in `sip::message::build` writes no body).
-pub fn response_with_sdp(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &[(&str, &str)], sdp: &str) -> Vec<u8> {
+pub fn response_with_sdp(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: &[(&str, &str)],
+    sdp: &str,
+) -> Vec<u8> {
     let mut out = crate::sip::message::response(req, code, reason, Some(to_tag), extra);
     let tail = b"Content-Length: 0\r\n\r\n";
     out.truncate(out.len() - tail.len());
@@ -228,6 +235,12 @@ pub fn load_ulaw(path: &std::path::Path) -> Result<Vec<u8>, DemoError> {
         out.resize(out.len() + FRAME_SAMPLES - rem, linear_to_ulaw(0));
     }
     Ok(out)
+}
+
+/// Whether `sent` (µ-law payload bytes) arrived whole and unaltered, in order, somewhere in
+/// `received` (everything one side got, prompt and silence included).
+pub fn audio_arrived(received: &[u8], sent: &[u8]) -> bool {
+    !sent.is_empty() && received.windows(sent.len()).any(|w| w == sent)
 }
 
 /// A random token for tags, branches and Call-IDs.
