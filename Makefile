@@ -12,9 +12,14 @@ CONFIG ?= config/callveil.toml
 setup:
 	scripts/setup
 
-# Runs the proxy until Ctrl-C. (Becomes the end-to-end `callveil demo` when that lands.)
+# One consented, redacted call on loopback (`callveil demo`): the speech model, the IVR prompts
+# (when scripts/make-prompts exists), the caller's and agent's voices, then the release binary
+# (debug builds transcribe too slowly for the one-minute budget).
 demo: setup
-	$(CARGO) run --release -- run --config $(CONFIG)
+	scripts/provision-model tiny.en >/dev/null
+	if [ -x scripts/make-prompts ]; then scripts/make-prompts; fi
+	scripts/make-demo-audio
+	$(CARGO) run --release -- demo
 
 # fmt, clippy, compile every target (benches included, in the test profile, not run), then run
 # the library, binary and integration tests.
