@@ -810,6 +810,7 @@ impl Proxy {
         if let Some(ctx) = self.contexts.get_mut(&sid) {
             ctx.held = Some(Held { peer, edits });
         }
+        tracing::debug!("INVITE held for the IVR (183 with early media sent)");
         self.held_calls.insert(req.call_id().to_string(), sid);
         let until = now + self.config.hold_timeout;
         self.timers.push(Reverse((until, TimerRef::Hold(sid))));
@@ -822,6 +823,7 @@ impl Proxy {
         if let Some(call_id) = self.contexts.get(&sid).map(|c| c.request.call_id().to_string()) {
             self.held_calls.remove(&call_id);
         }
+        tracing::debug!("IVR hold over; forwarding the INVITE");
         self.forward_branch(now, sid, held.peer, &held.edits);
     }
 
