@@ -732,8 +732,12 @@ impl Proxy {
         };
         let route = route_info.unwrap_or(RouteInfo { name: String::new(), ivr: false, secure_entry: false });
         let call_id = self.contexts.get(&id).map(|c| c.request.call_id().to_string()).unwrap_or_default();
-        let hold =
-            route.ivr && self.config.recording_enabled && self.contexts.get(&id).is_some_and(|c| c.request.has_sdp());
+        // Without an event receiver there is no recording path to run the IVR and release the
+        // INVITE: holding would only delay every call by `hold_timeout`.
+        let hold = route.ivr
+            && self.config.recording_enabled
+            && self.events.is_some()
+            && self.contexts.get(&id).is_some_and(|c| c.request.has_sdp());
         if hold {
             match self.hold(now, id, peer, edits) {
                 HoldOutcome::Held => self.emit_started(&call_id, ids, &route.name, true),
