@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
 use crate::net::rtp::{MediaDriver, MediaShutdown};
 use crate::net::{Driver, Listeners, NetConfig};
+use crate::sip::events::{CallCommand, CallEvent};
 use crate::sip::proxy::{Proxy, ProxyConfig};
 
 /// A started callveil: SIP drivers and the metrics endpoint are serving.
@@ -30,6 +31,7 @@ pub struct Running {
     tap_opener: TapOpener,
     metrics_server: Option<MetricsServer>,
     metrics: Arc<Metrics>,
+    commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
 }
 
 impl Running {
@@ -50,6 +52,11 @@ impl Running {
     /// Opens recording taps by Call-ID (for the recording path, once recording is permitted).
     pub fn tap_opener(&self) -> TapOpener {
         self.tap_opener.clone()
+    }
+
+    /// Sends commands (release a held INVITE, end a call, media actions) to the proxy's core task.
+    pub fn call_commands(&self) -> tokio::sync::mpsc::UnboundedSender<CallCommand> {
+        self.commands.clone()
     }
 
     /// Closes every socket and waits for the drivers to end.
@@ -94,6 +101,14 @@ fn media(settings: &Settings, metrics: &Metrics) -> anyhow::Result<(Anchor<Media
 
 /// Binds and starts everything, then returns. Must run inside a Tokio runtime.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    start_with(settings, None).await
+}
+
+/// [`start`], with the proxy's [`CallEvent`]s sent to `events` (for the recording path).
+pub async fn start_with(
+    settings: Settings,
+    events: Option<std::sync::mpsc::Sender<CallEvent>>,
+) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let listeners = Listeners::bind(&settings.sip_listen, NetConfig::from_settings(&settings))
         .await
@@ -101,7 +116,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let bound = listeners.endpoints().to_vec();
     let (anchor, media_shutdown) = media(&settings, &metrics)?;
     let tap_opener = anchor.tap_opener();
-    let proxy = Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(anchor));
+    let mut proxy =
+        Proxy::new(ProxyConfig::from_settings(&settings, bound.clone()), metrics.sip.clone(), Box::new(anchor));
+    if let Some(tx) = events {
+        proxy.set_events(tx);
+    }
+    let (commands, commands_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Arc::new(metrics);
     // Bound before the SIP driver starts, so a taken metrics port leaves nothing running.
     let metrics_server = match settings.metrics_listen {
@@ -114,14 +134,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         },
         None => None,
     };
-    let driver = listeners.spawn(proxy, metrics.sip.clone());
+    let driver = listeners.spawn(proxy, metrics.sip.clone(), Some(commands_rx));
     for ep in &bound {
         tracing::info!(listen = %ep, "SIP listening");
     }
     if let Some(m) = &metrics_server {
         tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
     }
-    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics })
+    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics, commands })
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly. Returns an error if binding fails or a

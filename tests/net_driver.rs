@@ -115,7 +115,7 @@ impl Harness {
             deadline: None,
         };
         let metrics = Metrics::new();
-        let driver = listeners.spawn(core, metrics.sip.clone());
+        let driver = listeners.spawn(core, metrics.sip.clone(), None);
         Harness { driver, log, metrics }
     }
 

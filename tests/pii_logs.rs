@@ -58,3 +58,64 @@ fn no_personal_data_in_logs_during_a_call() {
         assert!(!logs.contains(needle), "personal data `{needle}` reached the logs:\n{logs}");
     }
 }
+
+/// The consent paths (IVR hold and release, consent and retention headers, INFO key presses,
+/// secure entry, a malformed INFO body) log no number, digit or header value either.
+#[test]
+fn no_personal_data_in_logs_on_the_consent_paths() {
+    use callveil::sip::events::CallCommand;
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let routes = "name = \"pay\"\nconsent = \"ivr\"\nsecure_entry = true";
+        let mut sim = Sim::consent(44, &[UasMode::Answer], routes, FakeAnchor::default());
+        sim.pbx[0].extra_headers = vec![("X-Retention-Class".into(), "goldsecretclass".into())];
+        let inv = add_header(
+            invite("pii-ivr", "z9hG4bKpiv1", 1),
+            "P-Asserted-Identity",
+            "<sip:+34699887766@carrier.example>",
+        );
+        let inv = add_header(inv, "X-Recording-Consent", "granted");
+        sim.carrier_sends(inv);
+        sim.run_for(Duration::from_secs(1));
+        sim.command(CallCommand::Release { call_id: "pii-ivr".into() });
+        sim.run_for(Duration::from_secs(2));
+        let ok = sim.carrier.last_final_200.clone().expect("call answered");
+        for (i, body) in ["Signal=7\r\nDuration=1234\r\n", "Signal=4111111111111111\r\n"].iter().enumerate() {
+            let info = in_dialog(&ok, "INFO", &format!("z9hG4bKpiv{}", i + 2), 2 + i as u32);
+            sim.carrier_sends(set_body(info, "application/dtmf-relay", body.as_bytes()));
+            sim.run_for(Duration::from_secs(1));
+        }
+        sim.command(CallCommand::End { call_id: "pii-ivr".into(), reason: "done".into() });
+        sim.run_for(Duration::from_secs(2));
+        // a held call cancelled
+        let mut sim = Sim::consent(45, &[UasMode::Answer], routes, FakeAnchor::default());
+        let inv = invite("pii-ivr2", "z9hG4bKpiv9", 1);
+        sim.carrier_sends(inv.clone());
+        sim.run_for(Duration::from_millis(300));
+        sim.carrier_sends(cancel(&inv));
+        sim.run_for(Duration::from_secs(2));
+        assert!(sim.metric("callveil_sip_dropped_total{kind=\"untrusted_consent_header\"}").is_none());
+    });
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    assert!(logs.contains("IVR"), "the hold path must log something for this test to mean anything:\n{logs}");
+    for needle in [
+        CALLER_NUMBER,
+        "699887766",
+        CALLEE_USER,
+        "Alice",
+        "carrier.example",
+        "Signal",
+        "1234",
+        "4111",
+        "goldsecretclass",
+        "granted",
+    ] {
+        assert!(!logs.contains(needle), "`{needle}` reached the logs:\n{logs}");
+    }
+}

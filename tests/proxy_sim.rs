@@ -370,3 +370,282 @@ fn transport_error_fails_over_at_once() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(finals(&sim.carrier, Method::Invite), vec![503]);
 }
+
+// ----- consent: events, IVR hold, trusted signals, INFO DTMF -----------------------------------
+
+use callveil::sip::events::{CallCommand, CallEvent};
+
+const IVR: &str = "name = \"ivr-line\"\nconsent = \"ivr\"";
+
+/// Events as short strings, for exact comparisons.
+fn names(events: &[CallEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            CallEvent::Started { route, held, .. } => format!("started {route} held={held}"),
+            CallEvent::Answered { .. } => "answered".into(),
+            CallEvent::Ended { .. } => "ended".into(),
+            CallEvent::Consent { signal, .. } => format!("consent {}", signal.as_str()),
+            CallEvent::RetentionClass { class, .. } => format!("retention {class}"),
+            CallEvent::InfoDtmf { leg, digit, duration_ms, .. } => {
+                format!("info {leg} {} {duration_ms}", digit.as_char())
+            }
+        })
+        .collect()
+}
+
+fn statuses(sim: &Sim, from: &str, to: &str) -> Vec<u16> {
+    sim.net.sent_between(from, to).iter().filter_map(|m| m.status()).collect()
+}
+
+#[test]
+fn ivr_hold_answers_183_and_forwards_only_on_release() {
+    let mut sim = Sim::consent(20, &[UasMode::Answer], IVR, FakeAnchor::default());
+    sim.carrier_sends(invite("ivr-1", "z9hG4bKivr1", 1));
+    sim.run_for(Duration::from_secs(30));
+
+    let to_carrier = sim.net.sent_between(PROXY, CARRIER);
+    let p183 = to_carrier.iter().find(|m| m.status() == Some(183)).expect("183 to the caller");
+    assert_eq!(statuses(&sim, PROXY, CARRIER), vec![100, 183], "100 then our 183, nothing else");
+    assert!(p183.has_sdp(), "the 183 carries the anchor's early answer");
+    assert!(String::from_utf8_lossy(p183.body()).contains(&format!("m=audio {EARLY_PORT} ")));
+    let our_tag = p183.to().tag().expect("our To tag").to_string();
+    assert!(our_tag.starts_with("cv"));
+    assert_eq!(p183.contacts()[0].uri.raw, format!("sip:{PROXY}"), "Contact is callveil");
+    assert!(p183.record_routes().is_empty(), "callveil is the UAS of this early dialog: no Record-Route of its own");
+    assert!(sim.net.sent_between(PROXY, PBX1).is_empty(), "nothing reaches the PBX while held");
+    assert_eq!(sim.proxy.held(), 1);
+    let ev = sim.take_events();
+    assert_eq!(names(&ev), vec!["started ivr-line held=true"]);
+    match &ev[0] {
+        CallEvent::Started { caller, callee, call_id, .. } => {
+            assert_eq!(caller.expose(), CALLER_NUMBER);
+            assert_eq!(callee.expose(), CALLEE_USER);
+            assert_eq!(call_id, "ivr-1");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    sim.command(CallCommand::Release { call_id: "ivr-1".into() });
+    sim.run_for(Duration::from_secs(2));
+    let to_pbx = sim.net.sent_between(PROXY, PBX1);
+    let inv = to_pbx.iter().find(|m| m.method() == Some(&Method::Invite)).expect("INVITE forwarded on release");
+    assert_eq!(inv.vias().len(), 2);
+    assert_eq!(inv.record_routes().len(), 1);
+    assert_eq!(inv.max_forwards(), Some(69));
+    assert_eq!(inv.body(), sdp(addr(CARRIER), 20000).as_bytes());
+    let ok = sim.carrier.last_final_200.clone().expect("the PBX's 200 reaches the caller");
+    assert_ne!(ok.to().tag(), Some(our_tag.as_str()), "the PBX's own dialog, not ours");
+    assert_eq!(ok.record_routes().len(), 1);
+    sim.carrier_sends(in_dialog(&ok, "BYE", "z9hG4bKivr1b", 2));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.pbx[0].acks, 1);
+    assert_eq!(count(&sim.pbx[0].requests, Method::Bye), 1);
+    assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+    assert_eq!(names(&sim.take_events()), vec!["answered", "ended"]);
+    assert_eq!(sim.proxy.held(), 0);
+    assert_eq!(sim.proxy.dialogs().len(), 0);
+    // a second Release is counted and ignored
+    sim.command(CallCommand::Release { call_id: "ivr-1".into() });
+    assert_eq!(sim.metric("callveil_sip_dropped_total{kind=\"release_not_held\"}"), Some(1.0));
+}
+
+#[test]
+fn cancel_while_held_answers_487_and_ends_the_call() {
+    let anchor = FakeAnchor::default();
+    let mut sim = Sim::consent(21, &[UasMode::Answer], IVR, anchor.clone());
+    let inv = invite("ivr-2", "z9hG4bKivr2", 1);
+    sim.carrier_sends(inv.clone());
+    sim.run_for(Duration::from_millis(500));
+    sim.carrier_sends(cancel(&inv));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Cancel), vec![200]);
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![487]);
+    let r487 = sim.net.sent_between(PROXY, CARRIER).into_iter().find(|m| m.status() == Some(487)).unwrap();
+    let r183 = sim.net.sent_between(PROXY, CARRIER).into_iter().find(|m| m.status() == Some(183)).unwrap();
+    assert_eq!(r487.to().tag(), r183.to().tag(), "the 487 ends our early dialog");
+    assert!(sim.pbx[0].requests.is_empty(), "the PBX never hears of the call");
+    assert!(anchor.lines().contains(&"release ivr-2".to_string()), "media released: {:?}", anchor.lines());
+    assert_eq!(names(&sim.take_events()), vec!["started ivr-line held=true", "ended"]);
+    assert_eq!(sim.proxy.held(), 0);
+    assert_eq!(sim.proxy.dialogs().len(), 0);
+    assert_eq!(sim.metric("callveil_sip_calls_total{outcome=\"Cancelled\"}"), Some(1.0));
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(sim.proxy.transactions(), 0);
+}
+
+#[test]
+fn end_command_while_held_answers_480() {
+    let mut sim = Sim::consent(22, &[UasMode::Answer], IVR, FakeAnchor::default());
+    sim.carrier_sends(invite("ivr-3", "z9hG4bKivr3", 1));
+    sim.run_for(Duration::from_secs(1));
+    sim.command(CallCommand::End { call_id: "ivr-3".into(), reason: "declined".into() });
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![480]);
+    assert!(sim.pbx[0].requests.is_empty());
+    assert_eq!(names(&sim.take_events()), vec!["started ivr-line held=true", "ended"]);
+}
+
+#[test]
+fn hold_safety_timer_releases_the_invite() {
+    let mut sim = Sim::consent(23, &[UasMode::Answer], IVR, FakeAnchor::default());
+    sim.carrier_sends(invite("ivr-4", "z9hG4bKivr4", 1));
+    sim.run_for(Duration::from_secs(119));
+    assert!(sim.pbx[0].requests.is_empty(), "still held before the safety limit (120 s)");
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1);
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200]);
+    assert_eq!(sim.metric("callveil_sip_dropped_total{kind=\"ivr_hold_expired\"}"), Some(1.0));
+    assert_eq!(names(&sim.take_events()), vec!["started ivr-line held=true", "answered"]);
+}
+
+#[test]
+fn invite_without_offer_or_early_media_is_forwarded_at_once() {
+    let mut sim = Sim::consent(24, &[UasMode::Answer], IVR, FakeAnchor::default());
+    sim.carrier_sends(invite_without_sdp("ivr-5", "z9hG4bKivr5"));
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1);
+    assert!(!statuses(&sim, PROXY, CARRIER).contains(&183));
+    assert_eq!(names(&sim.take_events()), vec!["started ivr-line held=false"]);
+
+    let refusing = FakeAnchor { refuse_early: true, ..FakeAnchor::default() };
+    let mut sim = Sim::consent(25, &[UasMode::Answer], IVR, refusing);
+    sim.carrier_sends(invite("ivr-6", "z9hG4bKivr6", 1));
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1);
+    assert_eq!(names(&sim.take_events()), vec!["started ivr-line held=false"]);
+    assert_eq!(sim.metric("callveil_sip_dropped_total{kind=\"ivr_no_early_media\"}"), Some(1.0));
+
+    // recording disabled: nothing to consent to, no hold
+    let mut sim =
+        Sim::consent(26, &[UasMode::Answer], "consent = \"ivr\"\n[recording]\nenabled = false", FakeAnchor::default());
+    sim.carrier_sends(invite("ivr-7", "z9hG4bKivr7", 1));
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1);
+}
+
+#[test]
+fn consent_and_retention_headers_count_only_from_the_pbx() {
+    let mut sim = Sim::consent(27, &[UasMode::Answer], "name = \"hdr\"\nconsent = \"header\"", FakeAnchor::default());
+    sim.pbx[0].extra_headers =
+        vec![("x-recording-consent".into(), "Granted".into()), ("X-Retention-Class".into(), "Gold".into())];
+    let inv = add_header(invite("hdr-1", "z9hG4bKhdr1", 1), "X-Recording-Consent", "granted");
+    let inv = add_header(inv, "X-Retention-Class", "forever");
+    sim.carrier_sends(inv);
+    sim.run_for(Duration::from_secs(2));
+    let fwd = sim.net.sent_between(PROXY, PBX1).into_iter().find(|m| m.method() == Some(&Method::Invite)).unwrap();
+    assert!(fwd.header("X-Recording-Consent").is_none(), "the carrier's claim is stripped");
+    assert!(fwd.header("X-Retention-Class").is_none());
+    assert!(sim.metric("callveil_sip_dropped_total{kind=\"untrusted_consent_header\"}").unwrap() >= 1.0);
+    let ev = names(&sim.take_events());
+    // the PBX's 180 and 200 both carry the headers: each is reported (the gate de-duplicates)
+    assert_eq!(
+        ev,
+        vec![
+            "started hdr held=false",
+            "consent granted",
+            "retention gold",
+            "consent granted",
+            "retention gold",
+            "answered"
+        ]
+    );
+    let ok = sim.carrier.last_final_200.clone().unwrap();
+    assert_eq!(ok.header("X-Recording-Consent"), Some("Granted"), "trusted headers travel on");
+
+    // a carrier in-dialog request with the header: ignored
+    let info = add_header(in_dialog(&ok, "INFO", "z9hG4bKhdr2", 2), "X-Recording-Consent", "revoked");
+    sim.carrier_sends(info);
+    sim.run_for(Duration::from_secs(1));
+    assert!(names(&sim.take_events()).is_empty());
+    // the PBX revokes in-dialog: trusted
+    let now = sim.now;
+    let req = add_header(pbx_request(&ok, PBX1, "INFO", "z9hG4bKhdr3", 5), "X-Recording-Consent", "revoked");
+    sim.pbx[0].send_request(now, &mut sim.net, PROXY, req);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(names(&sim.take_events()), vec!["consent revoked"]);
+}
+
+fn relay_info(ok: &callveil::sip::message::Message, branch: &str, cseq: u32, body: &str) -> Vec<u8> {
+    set_body(in_dialog(ok, "INFO", branch, cseq), "application/dtmf-relay", body.as_bytes())
+}
+
+#[test]
+fn info_dtmf_is_reported_and_suppressed_under_secure_entry() {
+    let anchor = FakeAnchor::default();
+    let mut sim = Sim::consent(
+        28,
+        &[UasMode::Answer],
+        "name = \"pay\"\nconsent = \"header\"\nsecure_entry = true",
+        anchor.clone(),
+    );
+    sim.carrier_sends(invite("dtmf-1", "z9hG4bKd1", 1));
+    sim.run_for(Duration::from_secs(2));
+    assert!(anchor.lines().contains(&"secure dtmf-1 true".to_string()), "{:?}", anchor.lines());
+    let ok = sim.carrier.last_final_200.clone().unwrap();
+    sim.take_events();
+
+    sim.carrier_sends(relay_info(&ok, "z9hG4bKd2", 2, "Signal=5\r\nDuration=160\r\n"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Info), 0, "secure entry: the key press stays with callveil");
+    assert_eq!(finals(&sim.carrier, Method::Info), vec![200]);
+    assert_eq!(names(&sim.take_events()), vec!["info caller 5 160"]);
+
+    // the PBX switches secure entry off
+    let now = sim.now;
+    let off = add_header(pbx_request(&ok, PBX1, "INFO", "z9hG4bKd3", 5), "X-Secure-Entry", "off");
+    sim.pbx[0].send_request(now, &mut sim.net, PROXY, off);
+    sim.run_for(Duration::from_secs(1));
+    assert!(anchor.lines().contains(&"secure dtmf-1 false".to_string()));
+    sim.carrier_sends(set_body(in_dialog(&ok, "INFO", "z9hG4bKd4", 3), "application/dtmf", b"#"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Info), 1, "with secure entry off the caller's INFO goes on");
+    assert_eq!(names(&sim.take_events()), vec!["info caller # 160"]);
+
+    // malformed: forwarded as is, counted, no event
+    sim.carrier_sends(relay_info(&ok, "z9hG4bKd5", 4, "Signal=4111111111111111"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.metric("callveil_sip_dropped_total{kind=\"info_dtmf_malformed\"}"), Some(1.0));
+    assert!(names(&sim.take_events()).is_empty());
+    assert_eq!(finals(&sim.carrier, Method::Info), vec![200, 200, 200], "every INFO answered once");
+}
+
+#[test]
+fn every_call_reports_started_and_ended_exactly_once() {
+    // rejected
+    let mut sim =
+        Sim::consent(30, &[UasMode::Reject(486)], "name = \"r\"\nconsent = \"header\"", FakeAnchor::default());
+    sim.carrier_sends(invite("once-1", "z9hG4bKo1", 1));
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(names(&sim.take_events()), vec!["started r held=false", "ended"]);
+    // cancelled while ringing
+    let mut sim = Sim::consent(31, &[UasMode::Ring], "name = \"r\"\nconsent = \"header\"", FakeAnchor::default());
+    let inv = invite("once-2", "z9hG4bKo2", 1);
+    sim.carrier_sends(inv.clone());
+    sim.run_for(Duration::from_millis(300));
+    sim.carrier_sends(cancel(&inv));
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(names(&sim.take_events()), vec!["started r held=false", "ended"]);
+    // timeout (Timer B, then failover exhausted)
+    let mut sim = Sim::consent(32, &[UasMode::Silent], "name = \"r\"\nconsent = \"header\"", FakeAnchor::default());
+    sim.carrier_sends(invite("once-3", "z9hG4bKo3", 1));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(names(&sim.take_events()), vec!["started r held=false", "ended"]);
+    // answered, with loss and retransmissions, ended by BYE from the callee side
+    let mut sim = Sim::consent(33, &[UasMode::Answer], "name = \"r\"\nconsent = \"header\"", FakeAnchor::default());
+    sim.net.loss = 0.2;
+    sim.carrier_sends(invite("once-4", "z9hG4bKo4", 1));
+    sim.run_for(Duration::from_secs(20));
+    let ok = sim.carrier.last_final_200.clone().expect("answered despite loss");
+    sim.carrier_sends(in_dialog(&ok, "BYE", "z9hG4bKo4b", 2));
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(names(&sim.take_events()), vec!["started r held=false", "answered", "ended"]);
+    // ended by the recording path
+    let mut sim = Sim::consent(34, &[UasMode::Answer], "name = \"r\"\nconsent = \"header\"", FakeAnchor::default());
+    sim.carrier_sends(invite("once-5", "z9hG4bKo5", 1));
+    sim.run_for(Duration::from_secs(2));
+    sim.command(CallCommand::End { call_id: "once-5".into(), reason: "revoked".into() });
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(names(&sim.take_events()), vec!["started r held=false", "answered", "ended"]);
+    assert_eq!(count(&sim.pbx[0].requests, Method::Bye), 1);
+}

@@ -12,6 +12,7 @@
 //! consent gate reads it through the explicit [`Digit::as_char`].
 
 pub mod goertzel;
+pub mod info;
 pub mod rfc4733;
 
 use std::fmt;

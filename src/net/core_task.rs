@@ -1,7 +1,8 @@
 //! The core task: the one task that owns a [`SipCore`], feeds it inputs stamped with the clock, and
 //! carries out the transmits it returns.
 //!
-//! It waits on UDP datagrams, events from TCP connection tasks and the core's next deadline, and
+//! It waits on UDP datagrams, events from TCP connection tasks, commands from the recording path
+//! (an unbounded channel: senders never wait on the live path) and the core's next deadline, and
 //! after every input drains `poll_transmit`. Owning the core in one task means the core needs no
 //! locks and sees inputs in one order. TCP sends never block this task: they go onto a
 //! connection's bounded queue (and are dropped, counted, when it is full); only a UDP send may
@@ -22,6 +23,7 @@ use super::tcp::{self, Event, Shared};
 use super::udp;
 use super::SipCore;
 use crate::config::Transport;
+use crate::sip::events::CallCommand;
 use crate::sip::{ConnId, Peer, Transmit};
 
 /// Events from connection tasks waiting for the core. When it is full, connection tasks stop
@@ -37,6 +39,7 @@ enum Input {
     Udp(usize, io::Result<(usize, SocketAddr)>),
     Event(Option<Event>),
     Timeout,
+    Command(Option<CallCommand>),
     Shutdown,
 }
 
@@ -49,6 +52,8 @@ pub(crate) struct CoreTask<C> {
     conns: HashMap<ConnId, Conn>,
     /// The most recent open connection to each address, for transmits that name no connection.
     by_addr: HashMap<SocketAddr, ConnId>,
+    /// `None` when there is no command channel or its senders are all gone.
+    commands: Option<mpsc::UnboundedReceiver<CallCommand>>,
 }
 
 impl<C: SipCore> CoreTask<C> {
@@ -58,8 +63,9 @@ impl<C: SipCore> CoreTask<C> {
         shared: Arc<Shared>,
         events_tx: mpsc::Sender<Event>,
         events_rx: mpsc::Receiver<Event>,
+        commands: Option<mpsc::UnboundedReceiver<CallCommand>>,
     ) -> Self {
-        CoreTask { core, udp, shared, events_tx, events_rx, conns: HashMap::new(), by_addr: HashMap::new() }
+        CoreTask { core, udp, shared, events_tx, events_rx, conns: HashMap::new(), by_addr: HashMap::new(), commands }
     }
 
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -74,6 +80,7 @@ impl<C: SipCore> CoreTask<C> {
                 ev = self.events_rx.recv() => Input::Event(ev),
                 (i, r) = udp::recv_any(&self.udp, &mut buf, &mut next_udp) => Input::Udp(i, r),
                 _ = sleep_until(deadline) => Input::Timeout,
+                cmd = recv_command(&mut self.commands) => Input::Command(cmd),
             };
             match input {
                 Input::Shutdown | Input::Event(None) => return,
@@ -89,6 +96,9 @@ impl<C: SipCore> CoreTask<C> {
                 }
                 Input::Event(Some(ev)) => self.event(ev),
                 Input::Timeout => self.core.handle_timeout(Instant::now()),
+                Input::Command(Some(cmd)) => self.core.handle_command(Instant::now(), cmd),
+                // every sender dropped: stop polling the channel (it would return None at once)
+                Input::Command(None) => self.commands = None,
             }
             self.drain().await;
         }
@@ -174,6 +184,13 @@ impl<C: SipCore> CoreTask<C> {
         self.conns.insert(id, Conn { peer, tx });
         self.by_addr.insert(peer, id);
         tcp::spawn_outbound(self.shared.clone(), id, peer, rx, permit, self.events_tx.clone());
+    }
+}
+
+async fn recv_command(rx: &mut Option<mpsc::UnboundedReceiver<CallCommand>>) -> Option<CallCommand> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -23,11 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Endpoint, Settings, Transport};
 use crate::metrics::SipMetrics;
+use crate::sip::events::CallCommand;
 use crate::sip::proxy::Proxy;
 use crate::sip::{ConnId, Peer, Transmit};
 
@@ -49,7 +51,7 @@ pub trait SipCore {
     /// once instead of waiting for Timer B.
     fn transport_error(&mut self, _now: Instant, _to: Peer) {}
     /// A command from the recording path (release a held INVITE, end a call, media actions).
-    fn handle_command(&mut self, _now: Instant, _cmd: crate::sip::events::CallCommand) {}
+    fn handle_command(&mut self, _now: Instant, _cmd: CallCommand) {}
 }
 
 impl SipCore for Proxy {
@@ -75,6 +77,10 @@ impl SipCore for Proxy {
 
     fn transport_error(&mut self, now: Instant, to: Peer) {
         Proxy::transport_error(self, now, to)
+    }
+
+    fn handle_command(&mut self, now: Instant, cmd: CallCommand) {
+        Proxy::handle_command(self, now, cmd)
     }
 }
 
@@ -155,8 +161,14 @@ impl Listeners {
         &self.endpoints
     }
 
-    /// Starts the core task and the TCP accept loops. Must run inside a Tokio runtime.
-    pub fn spawn<C: SipCore + Send + 'static>(self, core: C, metrics: SipMetrics) -> Driver {
+    /// Starts the core task and the TCP accept loops. Must run inside a Tokio runtime. The core
+    /// task also applies `commands` (from the recording path) between messages, when given.
+    pub fn spawn<C: SipCore + Send + 'static>(
+        self,
+        core: C,
+        metrics: SipMetrics,
+        commands: Option<UnboundedReceiver<CallCommand>>,
+    ) -> Driver {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(tcp::Shared {
             config: self.config,
@@ -170,7 +182,7 @@ impl Listeners {
         for listener in self.tcp {
             accept.push(tokio::spawn(tcp::accept_loop(listener, shared.clone(), events_tx.clone())));
         }
-        let task = core_task::CoreTask::new(core, self.udp, shared, events_tx, events_rx);
+        let task = core_task::CoreTask::new(core, self.udp, shared, events_tx, events_rx, commands);
         let core = tokio::spawn(task.run(shutdown_rx));
         Driver { shutdown: shutdown_tx, core: Some(core), accept, endpoints: self.endpoints }
     }

@@ -64,11 +64,14 @@ pub struct NewCall<'a> {
 pub struct Dialogs {
     by_call_id: HashMap<String, Dialog>,
     metrics: SipMetrics,
+    /// Call-IDs removed since the last [`Dialogs::take_ended`]: every way a call ends passes
+    /// through `remove`, so the proxy learns of each end exactly once from here.
+    ended: Vec<String>,
 }
 
 impl Dialogs {
     pub fn new(metrics: SipMetrics) -> Dialogs {
-        Dialogs { by_call_id: HashMap::new(), metrics }
+        Dialogs { by_call_id: HashMap::new(), metrics, ended: Vec::new() }
     }
 
     pub fn get(&self, call_id: &str) -> Option<&Dialog> {
@@ -84,9 +87,10 @@ impl Dialogs {
     }
 
     /// An initial INVITE was forwarded. A repeated call (same Call-ID) keeps the first record.
-    pub fn invite(&mut self, now: Instant, call: NewCall<'_>) {
+    /// Returns true when a new dialog was created.
+    pub fn invite(&mut self, now: Instant, call: NewCall<'_>) -> bool {
         if self.by_call_id.contains_key(call.call_id) {
-            return;
+            return false;
         }
         self.metrics.dialogs_active.inc();
         self.by_call_id.insert(
@@ -104,6 +108,7 @@ impl Dialogs {
                 callee_peer: None,
             },
         );
+        true
     }
 
     /// The callee leg answered from `peer` with this Contact (on a 1xx with tag or a 2xx).
@@ -154,9 +159,20 @@ impl Dialogs {
         self.remove(call_id)
     }
 
+    /// The Call-IDs of dialogs removed since the last call, oldest first.
+    pub fn take_ended(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// Whether any dialog ended since the last [`Dialogs::take_ended`] (cheap, for the hot path).
+    pub fn has_ended(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
     fn remove(&mut self, call_id: &str) -> bool {
         if self.by_call_id.remove(call_id).is_some() {
             self.metrics.dialogs_active.dec();
+            self.ended.push(call_id.to_string());
             true
         } else {
             false
@@ -193,7 +209,10 @@ mod tests {
         d.invite_response(t0, "c1", 200, true); // retransmission counts once
         assert_eq!(d.get("c1").unwrap().state, DialogState::Confirmed);
         assert!(d.terminate("c1"));
+        assert!(!d.terminate("c1"));
         assert!(d.is_empty());
+        assert_eq!(d.take_ended(), vec!["c1".to_string()]);
+        assert!(!d.has_ended());
         d.invite(t0, call("c2", "a"));
         d.invite_response(t0, "c2", 487, true);
         assert!(d.is_empty());

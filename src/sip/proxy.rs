@@ -13,6 +13,18 @@
 //! (only after a provisional, RFC 3261 §9.1), acknowledges non-2xx finals hop-by-hop, and passes
 //! ACK for 2xx end-to-end. Every SDP body goes through the [`MediaAnchor`].
 //!
+//! For the recording path it reports [`CallEvent`]s on an optional channel
+//! ([`Proxy::set_events`]): Started, Answered and Ended (once per call, whatever way it ends),
+//! consent and retention signals, and key presses carried in SIP INFO. Consent
+//! (`consent.header`), `X-Retention-Class` and `X-Secure-Entry` are believed only from the callee
+//! leg and from an address that is an upstream of a configured route; the same headers from the
+//! caller (carrier) side are counted (`drop{reason="untrusted_consent_header"}`) and stripped
+//! before forwarding, so a PBX that echoes unknown headers back cannot launder a carrier's claim
+//! into a trusted one. On routes whose consent mode is `ivr` an initial INVITE with an offer is
+//! held: callveil answers `183 Session Progress` with the anchor's early-media SDP in a early
+//! dialog of its own, and forwards the INVITE only on [`CallCommand::Release`] (or after
+//! `hold_timeout`). [`Proxy::handle_command`] applies the recording path's commands.
+//!
 //! What it does not do: DNS (next hops must be IP literals; hostnames get 503), TLS, parallel
 //! forking, authentication, or registrar duties.
 
@@ -20,12 +32,15 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use crate::config::{Endpoint, Route, Settings, Transport};
+use crate::config::{ConsentMode, Endpoint, Route, Settings, Transport};
+use crate::dtmf::info;
 use crate::metrics::SipMetrics;
 use crate::pii::Pii;
 use crate::sip::dialog::{DialogState, Dialogs, NewCall};
+use crate::sip::events::{CallCommand, CallEvent, ConsentSignal, MediaCommand};
 use crate::sip::message::{self, Limits, Message, Method, Scheme, Uri, Via};
 use crate::sip::route::Router;
 use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
@@ -35,6 +50,10 @@ use crate::sip::{ConnId, Peer, Transmit};
 
 /// RFC 3261 §16.6 step 11: Timer C must be above 3 minutes.
 const TIMER_C: Duration = Duration::from_secs(181);
+/// Header a trusted upstream uses to keep recording of a call under a retention class.
+pub const RETENTION_HEADER: &str = "X-Retention-Class";
+/// Header a trusted upstream uses to switch secure entry (DTMF suppression) on or off.
+pub const SECURE_ENTRY_HEADER: &str = "X-Secure-Entry";
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
 
 #[derive(Debug, Clone)]
@@ -45,6 +64,13 @@ pub struct ProxyConfig {
     pub routes: Vec<Route>,
     pub timers: Timers,
     pub max_message_bytes: usize,
+    /// `consent.header`: the header a trusted upstream signals consent with.
+    pub consent_header: String,
+    /// `recording.enabled`: with recording off nothing needs consent, so no INVITE is held.
+    pub recording_enabled: bool,
+    /// Safety limit on holding an INVITE for the IVR: when it passes the INVITE is forwarded
+    /// (the gate, not having answered, records nothing).
+    pub hold_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -58,8 +84,19 @@ impl ProxyConfig {
                 t4: Duration::from_millis(settings.raw.sip.t4_ms),
             },
             max_message_bytes: settings.raw.sip.max_message_bytes,
+            consent_header: settings.raw.consent.header.clone(),
+            recording_enabled: settings.raw.recording.enabled,
+            hold_timeout: hold_timeout(settings),
         }
     }
+}
+
+/// The gate's worst case (every prompt timing out, plus time to play them), and never less than
+/// two minutes: the hold is a safety net, not the gate's own timer.
+fn hold_timeout(settings: &Settings) -> Duration {
+    let c = &settings.raw.consent;
+    let worst = c.ivr_timeout_s.saturating_add(10).saturating_mul(u64::from(c.ivr_reprompts) + 1).saturating_add(30);
+    Duration::from_secs(worst.max(120))
 }
 
 type TxId = u64;
@@ -125,6 +162,31 @@ struct Context {
     timer_c: Option<Instant>,
     /// The last branch failed at the transport layer (no response at all).
     unreachable: bool,
+    /// The offer as the anchor rewrote it before the INVITE was held; used instead of rewriting
+    /// again when it is forwarded.
+    body: Option<Vec<u8>>,
+    /// Set while the INVITE is held for the IVR: where it goes on release.
+    held: Option<Held>,
+}
+
+/// An initial INVITE kept by callveil while its IVR asks for consent.
+struct Held {
+    peer: Peer,
+    edits: RequestEdits,
+}
+
+/// What the proxy tracks per started call for the recording path.
+struct CallTrack {
+    answered: bool,
+    /// Secure entry: the caller's INFO key presses are not forwarded to the callee.
+    secure: bool,
+}
+
+/// The parts of a matched route an initial INVITE needs.
+struct RouteInfo {
+    name: String,
+    ivr: bool,
+    secure_entry: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +194,8 @@ enum TimerRef {
     Server(TxId),
     Client(TxId),
     TimerC(TxId),
+    /// The IVR hold's safety timer.
+    Hold(TxId),
 }
 
 /// How a forwarded request differs from the received one, besides Via and Max-Forwards.
@@ -164,6 +228,33 @@ fn leg_index(leg: Leg) -> usize {
     }
 }
 
+enum HoldOutcome {
+    Held,
+    /// Not held after all (no early media): forward at once with these edits.
+    Forward(RequestEdits),
+    /// The offer was refused and the INVITE answered.
+    Failed,
+}
+
+/// Headers only trusted upstreams may send; stripped from what the caller side sends.
+fn trusted_only_headers(consent_header: &str) -> [&str; 3] {
+    [consent_header, RETENTION_HEADER, SECURE_ENTRY_HEADER]
+}
+
+/// The user part of P-Asserted-Identity (RFC 3325), else of From: the caller's number.
+fn asserted_user(req: &Message) -> String {
+    let from_pai = req.header("P-Asserted-Identity").and_then(|v| {
+        // the first value; name-addr (`"x" <sip:...>`) or a bare URI
+        let v = v.split(',').next().unwrap_or(v).trim();
+        let uri = match (v.find('<'), v.find('>')) {
+            (Some(a), Some(b)) if a < b => v.get(a + 1..b)?,
+            _ => v,
+        };
+        Uri::parse(uri.trim()).ok().and_then(|u| u.user)
+    });
+    from_pai.or_else(|| req.from().uri.user.clone()).unwrap_or_default()
+}
+
 /// Where the next hop of a request is.
 enum NextHop {
     Peer(Peer),
@@ -189,6 +280,11 @@ pub struct Proxy {
     next_id: TxId,
     /// Mixed into branch ids so they are unique across restarts (RFC 3261 §8.1.1.7).
     secret: u64,
+    events: Option<Sender<CallEvent>>,
+    /// Started calls by Call-ID (removed when their dialog ends).
+    calls: HashMap<String, CallTrack>,
+    /// INVITEs held for the IVR, by Call-ID.
+    held_calls: HashMap<String, TxId>,
 }
 
 impl Proxy {
@@ -211,7 +307,39 @@ impl Proxy {
             endings: HashMap::new(),
             next_id: 1,
             secret: rand::random(),
+            events: None,
+            calls: HashMap::new(),
+            held_calls: HashMap::new(),
         }
+    }
+
+    /// Reports [`CallEvent`]s to `tx` from now on. Sending never blocks; without a sender no
+    /// events are built.
+    pub fn set_events(&mut self, tx: Sender<CallEvent>) {
+        self.events = Some(tx);
+    }
+
+    /// A command from the recording path: release a held INVITE, end a call, or a media action
+    /// for the anchor. Commands for calls callveil does not know are counted and ignored.
+    pub fn handle_command(&mut self, now: Instant, cmd: CallCommand) {
+        match cmd {
+            CallCommand::Release { call_id } => match self.held_calls.get(&call_id).copied() {
+                Some(sid) => self.release_held(now, sid),
+                None => self.metrics.drop("release_not_held"),
+            },
+            CallCommand::End { call_id, reason } => {
+                if !self.end_call(now, &call_id, &reason) {
+                    self.metrics.drop("end_unknown_call");
+                }
+            }
+            CallCommand::Media(cmd) => self.anchor.control(cmd),
+        }
+        self.flush_events();
+    }
+
+    /// INVITEs held for the IVR right now.
+    pub fn held(&self) -> usize {
+        self.held_calls.len()
     }
 
     /// One complete message (a UDP datagram or a framed TCP message) from `from`.
@@ -228,11 +356,13 @@ impl Proxy {
                 return;
             }
         };
+        self.inspect(from, &msg);
         if msg.is_request() {
             self.on_request(now, from, msg);
         } else {
             self.on_response(now, msg);
         }
+        self.flush_events();
     }
 
     /// Deadlines at or before `now` have passed.
@@ -246,6 +376,13 @@ impl Proxy {
                 TimerRef::Server(id) => self.server_timeout(now, id),
                 TimerRef::Client(id) => self.client_timeout(now, id),
                 TimerRef::TimerC(id) => self.timer_c(now, id),
+                TimerRef::Hold(id) => {
+                    if self.contexts.get(&id).is_some_and(|c| c.held.is_some()) {
+                        tracing::info!("IVR hold expired; forwarding the INVITE");
+                        self.metrics.drop("ivr_hold_expired");
+                        self.release_held(now, id);
+                    }
+                }
             }
         }
         if self.anchor.poll_timeout().is_some_and(|at| at <= now) {
@@ -257,6 +394,7 @@ impl Proxy {
                 }
             }
         }
+        self.flush_events();
     }
 
     /// Ends a call from the middle (media inactivity, an operator): an answered call gets a BYE
@@ -276,6 +414,11 @@ impl Proxy {
                 self.anchor.release(call_id);
                 return false;
             };
+            if self.contexts.get(&sid).is_some_and(|c| c.held.is_some()) {
+                tracing::info!(reason = %reason, "ending a call held for the IVR");
+                self.finish_held(now, sid, 480, "Temporarily Unavailable");
+                return true;
+            }
             tracing::info!(reason = %reason, "ending an unanswered call");
             if let Some(ctx) = self.contexts.get_mut(&sid) {
                 ctx.cancelled = true;
@@ -445,6 +588,9 @@ impl Proxy {
         if method == Method::Invite {
             self.respond(now, id, &req, 100, "Trying", &[]);
         }
+        if method == Method::Info && self.info_dtmf(now, id, &req) {
+            return;
+        }
 
         // RFC 3261 §16.4: a Request-URI we put in a Record-Route means the previous hop is a
         // strict router; the real target is the last Route value.
@@ -464,6 +610,7 @@ impl Proxy {
         let in_dialog = req.to().tag().is_some();
 
         let mut remaining = VecDeque::new();
+        let mut route_info = None;
         let target: NextHop = if let Some(next) = routes.first() {
             next_hop(&next.uri)
         } else if let Some(uri) = rewrite_ruri.as_deref().and_then(|s| Uri::parse(s).ok()) {
@@ -498,9 +645,14 @@ impl Proxy {
                     Scheme::Tel => uri.user.as_deref().unwrap_or(""),
                     _ => uri.user.as_deref().unwrap_or(""),
                 };
-                match self.router.upstreams(&Pii::new(user)) {
-                    Some(ups) => {
-                        remaining.extend(ups.iter().copied());
+                match self.router.route(&Pii::new(user)) {
+                    Some(route) => {
+                        route_info = Some(RouteInfo {
+                            name: route.name.clone(),
+                            ivr: route.consent == ConsentMode::Ivr,
+                            secure_entry: route.secure_entry,
+                        });
+                        remaining.extend(route.upstreams.iter().copied());
                         match remaining.pop_front() {
                             Some(ep) => NextHop::Peer(Peer { transport: ep.transport, addr: ep.addr, conn: None }),
                             None => NextHop::Unreachable("No Route"),
@@ -529,9 +681,11 @@ impl Proxy {
         }
         let initial_invite = method == Method::Invite && !in_dialog;
         let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer);
+        let mut started = None;
         if initial_invite {
             let caller = req.from().uri.user.clone().unwrap_or_default();
             let callee = req.request_uri().and_then(|u| u.user.clone()).unwrap_or_default();
+            let event_ids = self.events.as_ref().map(|_| (Pii::new(asserted_user(&req)), Pii::new(callee.clone())));
             let caller_contact = req.contacts().first().map(|c| Pii::new(c.uri.raw.clone()));
             let caller_peer = self.servers.get(&id).map_or(from, |s| s.peer);
             let call = NewCall {
@@ -542,7 +696,10 @@ impl Proxy {
                 caller_contact,
                 caller_peer,
             };
-            self.dialogs.invite(now, call);
+            if self.dialogs.invite(now, call) {
+                self.calls.insert(req.call_id().to_string(), CallTrack { answered: false, secure: false });
+                started = Some(event_ids);
+            }
         }
         if let Some(e) = self.servers.get_mut(&id) {
             e.ctx = true;
@@ -564,10 +721,252 @@ impl Proxy {
                 record_route,
                 timer_c: None,
                 unreachable: false,
+                body: None,
+                held: None,
             },
         );
         let edits = RequestEdits { request_uri: rewrite_ruri, strict_fixup, own_routes };
-        self.forward_branch(now, id, peer, &edits);
+        let Some(ids) = started else {
+            self.forward_branch(now, id, peer, &edits);
+            return;
+        };
+        let route = route_info.unwrap_or(RouteInfo { name: String::new(), ivr: false, secure_entry: false });
+        let call_id = self.contexts.get(&id).map(|c| c.request.call_id().to_string()).unwrap_or_default();
+        // Without an event receiver there is no recording path to run the IVR and release the
+        // INVITE: holding would only delay every call by `hold_timeout`.
+        let hold = route.ivr
+            && self.config.recording_enabled
+            && self.events.is_some()
+            && self.contexts.get(&id).is_some_and(|c| c.request.has_sdp());
+        if hold {
+            match self.hold(now, id, peer, edits) {
+                HoldOutcome::Held => self.emit_started(&call_id, ids, &route.name, true),
+                HoldOutcome::Failed => {
+                    // answered 488/503 by the anchor's refusal: the call starts and ends here
+                    self.emit_started(&call_id, ids, &route.name, false);
+                    return;
+                }
+                HoldOutcome::Forward(edits) => {
+                    self.emit_started(&call_id, ids, &route.name, false);
+                    self.forward_branch(now, id, peer, &edits);
+                }
+            }
+        } else {
+            self.emit_started(&call_id, ids, &route.name, false);
+            self.forward_branch(now, id, peer, &edits);
+        }
+        if route.secure_entry && self.dialogs.get(&call_id).is_some() {
+            if let Some(c) = self.calls.get_mut(&call_id) {
+                c.secure = true;
+            }
+            self.anchor.control(MediaCommand::SecureEntry { call_id, on: true });
+        }
+    }
+
+    /// Holds an initial INVITE for the IVR: rewrites its offer, asks the anchor for an early
+    /// answer and sends it to the caller in a 183 of callveil's own early dialog.
+    fn hold(&mut self, now: Instant, sid: TxId, peer: Peer, edits: RequestEdits) -> HoldOutcome {
+        let Some(ctx) = self.contexts.get(&sid) else { return HoldOutcome::Failed };
+        let req = ctx.request.clone();
+        let sctx = SdpContext { call_id: req.call_id(), from: Leg::Caller, role: SdpRole::Offer };
+        let body = match self.anchor.rewrite(sctx, req.body()) {
+            Ok(body) => body,
+            Err(e) => {
+                self.anchor_failed(now, sid, &req, e);
+                return HoldOutcome::Failed;
+            }
+        };
+        if let Some(ctx) = self.contexts.get_mut(&sid) {
+            ctx.body = Some(body);
+        }
+        let answer = match self.anchor.early_answer(req.call_id()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, "no early media for the IVR; forwarding the INVITE at once");
+                self.metrics.drop("ivr_no_early_media");
+                return HoldOutcome::Forward(edits);
+            }
+        };
+        let inbound = self.servers.get(&sid).map(|s| s.peer).unwrap_or(peer);
+        let ep = self.local(inbound.transport, inbound.addr.ip());
+        let contact = match ep.transport {
+            Transport::Udp => format!("<sip:{}>", host_port(ep.addr)),
+            Transport::Tcp => format!("<sip:{};transport=tcp>", host_port(ep.addr)),
+        };
+        // callveil is the UAS of this early dialog: it copies the request's Record-Route (RFC
+        // 3261 §12.1.1) and adds none of its own, its Contact being callveil already.
+        let mut extra: Vec<(&str, &str)> = vec![("Contact", contact.as_str())];
+        for rr in req.record_routes() {
+            extra.push(("Record-Route", rr.raw.as_str()));
+        }
+        let tag = self.to_tag(&req);
+        let head = message::response(&req, 183, "Session Progress", Some(&tag), &extra);
+        let Ok(parsed) = message::parse(&head) else {
+            self.metrics.drop("ivr_183_build_failed");
+            return HoldOutcome::Forward(edits);
+        };
+        let bytes = parsed.rewrite().body(Some("application/sdp"), &answer).finish();
+        if let Some(entry) = self.servers.get_mut(&sid) {
+            entry.txn.send_response(now, 183, bytes);
+        }
+        self.flush_server(now, sid);
+        self.dialogs.invite_response(now, req.call_id(), 183, true);
+        if let Some(ctx) = self.contexts.get_mut(&sid) {
+            ctx.held = Some(Held { peer, edits });
+        }
+        tracing::debug!("INVITE held for the IVR (183 with early media sent)");
+        self.held_calls.insert(req.call_id().to_string(), sid);
+        let until = now + self.config.hold_timeout;
+        self.timers.push(Reverse((until, TimerRef::Hold(sid))));
+        HoldOutcome::Held
+    }
+
+    /// Forwards a held INVITE exactly as it would have been forwarded at once.
+    fn release_held(&mut self, now: Instant, sid: TxId) {
+        let Some(held) = self.contexts.get_mut(&sid).and_then(|c| c.held.take()) else { return };
+        if let Some(call_id) = self.contexts.get(&sid).map(|c| c.request.call_id().to_string()) {
+            self.held_calls.remove(&call_id);
+        }
+        tracing::debug!("IVR hold over; forwarding the INVITE");
+        self.forward_branch(now, sid, held.peer, &held.edits);
+    }
+
+    /// Ends a held INVITE with a final response of callveil's own (487 after CANCEL, 480 on
+    /// [`CallCommand::End`]), in the early dialog of its 183.
+    fn finish_held(&mut self, now: Instant, sid: TxId, code: u16, reason: &str) {
+        let Some(ctx) = self.contexts.get_mut(&sid) else { return };
+        if ctx.held.take().is_none() {
+            return;
+        }
+        ctx.final_sent = true;
+        let req = ctx.request.clone();
+        self.held_calls.remove(req.call_id());
+        self.respond(now, sid, &req, code, reason, &[]);
+        self.dialogs.invite_response(now, req.call_id(), code, false);
+        self.anchor.release(req.call_id());
+        self.gc_context(sid);
+    }
+
+    /// A DTMF key press in an INFO request of a started call: reported, and answered here
+    /// instead of forwarded when it comes from the caller while secure entry is on. Returns true
+    /// when answered. Malformed bodies are counted and the INFO forwarded as it is.
+    fn info_dtmf(&mut self, now: Instant, id: TxId, req: &Message) -> bool {
+        let Some(ct) = req.content_type() else { return false };
+        if !info::is_dtmf_type(ct) {
+            return false;
+        }
+        let call_id = req.call_id();
+        let Some(secure) = self.calls.get(call_id).map(|c| c.secure) else { return false };
+        let leg = self.dialogs.leg_of_request(call_id, req.from().tag());
+        match info::parse(ct, req.body()) {
+            Ok(d) => {
+                self.emit(CallEvent::InfoDtmf {
+                    call_id: call_id.to_string(),
+                    leg,
+                    digit: d.digit,
+                    duration_ms: d.duration_ms,
+                });
+                if secure && leg == Leg::Caller {
+                    self.metrics.drop("info_dtmf_secure_entry");
+                    self.respond(now, id, req, 200, "OK", &[]);
+                    return true;
+                }
+            }
+            Err(e) => {
+                self.metrics.drop("info_dtmf_malformed");
+                tracing::debug!(error = %e, "malformed DTMF INFO body; forwarded as it is");
+            }
+        }
+        false
+    }
+
+    /// Consent, retention and secure-entry headers: acted on from trusted sources only (the
+    /// callee leg of a started call, from an upstream's address), counted otherwise.
+    fn inspect(&mut self, from: Peer, msg: &Message) {
+        let consent = msg.header(&self.config.consent_header);
+        let retention = msg.header(RETENTION_HEADER);
+        let secure = match msg.method() {
+            Some(Method::Info | Method::Invite) => msg.header(SECURE_ENTRY_HEADER),
+            _ => None,
+        };
+        if consent.is_none() && retention.is_none() && secure.is_none() {
+            return;
+        }
+        let call_id = msg.call_id();
+        let sent_by = self.dialogs.leg_of_request(call_id, msg.from().tag());
+        let leg = if msg.is_request() { sent_by } else { sent_by.other() };
+        let trusted = self.calls.contains_key(call_id) && leg == Leg::Callee && self.router.is_upstream(from.addr.ip());
+        if !trusted {
+            self.metrics.drop("untrusted_consent_header");
+            return;
+        }
+        if let Some(v) = consent {
+            match v.parse::<ConsentSignal>() {
+                Ok(signal) => self.emit(CallEvent::Consent { call_id: call_id.to_string(), signal }),
+                Err(()) => self.metrics.drop("bad_consent_header"),
+            }
+        }
+        if let Some(v) = retention {
+            let v = v.trim();
+            let ok =
+                !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                self.emit(CallEvent::RetentionClass { call_id: call_id.to_string(), class: v.to_ascii_lowercase() });
+            } else {
+                self.metrics.drop("bad_retention_class");
+            }
+        }
+        if let Some(v) = secure {
+            let on = match v.trim().to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    self.metrics.drop("bad_secure_entry_header");
+                    return;
+                }
+            };
+            if let Some(c) = self.calls.get_mut(call_id) {
+                c.secure = on;
+            }
+            self.anchor.control(MediaCommand::SecureEntry { call_id: call_id.to_string(), on });
+        }
+    }
+
+    fn emit_started(&mut self, call_id: &str, ids: Option<(Pii<String>, Pii<String>)>, route: &str, held: bool) {
+        if let Some((caller, callee)) = ids {
+            self.emit(CallEvent::Started {
+                call_id: call_id.to_string(),
+                caller,
+                callee,
+                route: route.to_string(),
+                held,
+            });
+        }
+    }
+
+    fn emit(&self, ev: CallEvent) {
+        if let Some(tx) = &self.events {
+            if tx.send(ev).is_err() {
+                self.metrics.drop("call_event_receiver_gone");
+            }
+        }
+    }
+
+    /// Reports Ended for every started call whose dialog went away during the last input.
+    fn flush_events(&mut self) {
+        if !self.dialogs.has_ended() {
+            return;
+        }
+        for call_id in self.dialogs.take_ended() {
+            if self.calls.remove(&call_id).is_some() {
+                if let Some(sid) = self.held_calls.remove(&call_id) {
+                    if let Some(ctx) = self.contexts.get_mut(&sid) {
+                        ctx.held = None;
+                    }
+                }
+                self.emit(CallEvent::Ended { call_id });
+            }
+        }
     }
 
     /// RFC 3261 §16.3 checks, in its order. Returns the error to answer with.
@@ -670,7 +1069,18 @@ impl Proxy {
             }
             rw = rw.push_record_route(&record_route_value(via_ep));
         }
-        if req.has_sdp() {
+        if ctx.leg == Leg::Caller {
+            for h in trusted_only_headers(&self.config.consent_header) {
+                if req.header(h).is_some() {
+                    rw = rw.remove_header(h);
+                }
+            }
+        }
+        if let (true, Some(body)) = (req.has_sdp(), &ctx.body) {
+            if body.as_slice() != req.body() {
+                rw = rw.body(None, body);
+            }
+        } else if req.has_sdp() {
             let role = if ctx.method == Method::Ack { SdpRole::Answer } else { SdpRole::Offer };
             let sctx = SdpContext { call_id: req.call_id(), from: ctx.leg, role };
             match self.anchor.rewrite(sctx, req.body()) {
@@ -774,6 +1184,13 @@ impl Proxy {
         if let Some(target) = &retarget {
             rw = rw.request_uri(target);
         }
+        if self.dialogs.leg_of_request(req.call_id(), req.from().tag()) == Leg::Caller {
+            for h in trusted_only_headers(&self.config.consent_header) {
+                if req.header(h).is_some() {
+                    rw = rw.remove_header(h);
+                }
+            }
+        }
         for _ in 0..own_routes {
             rw = rw.pop_route();
         }
@@ -828,6 +1245,10 @@ impl Proxy {
             // An INVITE callveil answered itself: nothing to cancel downstream.
             return;
         };
+        if ctx.held.is_some() {
+            self.finish_held(now, sid, 487, "Request Terminated");
+            return;
+        }
         ctx.cancelled = true;
         ctx.remaining.clear();
         if ctx.provisional && !ctx.cancel_sent {
@@ -954,6 +1375,11 @@ impl Proxy {
                 }
                 if initial {
                     self.remember_ending(sid, branch_peer, &resp);
+                    let first =
+                        self.calls.get_mut(resp.call_id()).is_some_and(|c| !std::mem::replace(&mut c.answered, true));
+                    if first {
+                        self.emit(CallEvent::Answered { call_id: resp.call_id().to_string() });
+                    }
                 }
                 self.forward_response(now, sid, &resp, code);
             }
@@ -1070,6 +1496,14 @@ impl Proxy {
     fn forward_response(&mut self, now: Instant, sid: TxId, resp: &Message, code: u16) {
         let Some(ctx) = self.contexts.get(&sid) else { return };
         let mut rw = resp.rewrite().pop_via();
+        if ctx.leg == Leg::Callee {
+            // a response from the caller side
+            for h in trusted_only_headers(&self.config.consent_header) {
+                if resp.header(h).is_some() {
+                    rw = rw.remove_header(h);
+                }
+            }
+        }
         if resp.has_sdp() {
             let role = if ctx.request.has_sdp() { SdpRole::Answer } else { SdpRole::Offer };
             let sctx = SdpContext { call_id: resp.call_id(), from: ctx.leg.other(), role };

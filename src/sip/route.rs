@@ -21,7 +21,18 @@ impl Router {
     /// Upstreams for a Request-URI user part (empty string when the URI has no user part),
     /// or `None` when no rule matches.
     pub fn upstreams(&self, user: &Pii<&str>) -> Option<&[Endpoint]> {
-        self.routes.iter().find(|r| r.match_user.is_match(user.expose())).map(|r| r.upstreams.as_slice())
+        self.route(user).map(|r| r.upstreams.as_slice())
+    }
+
+    /// The first route matching a Request-URI user part, with its consent settings.
+    pub fn route(&self, user: &Pii<&str>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.match_user.is_match(user.expose()))
+    }
+
+    /// Whether `ip` is an upstream of any route: messages from there (on the callee leg) are
+    /// trusted to carry consent and retention signals.
+    pub fn is_upstream(&self, ip: std::net::IpAddr) -> bool {
+        self.routes.iter().flat_map(|r| r.upstreams.iter()).any(|e| e.addr.ip() == ip)
     }
 }
 
@@ -48,5 +59,8 @@ mod tests {
         assert_eq!(r.upstreams(&Pii::new("44911")).unwrap()[0].addr.port(), 5070);
         // whole-match: "x34" does not match the first rule
         assert_eq!(r.upstreams(&Pii::new("x34")).unwrap()[0].addr.port(), 5070);
+        assert_eq!(r.route(&Pii::new("34911")).unwrap().name, "routes[0]");
+        assert!(r.is_upstream("127.0.0.1".parse().unwrap()));
+        assert!(!r.is_upstream("127.0.0.2".parse().unwrap()));
     }
 }

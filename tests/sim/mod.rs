@@ -10,13 +10,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use callveil::config::{Endpoint, Settings, Transport};
 use callveil::metrics::Metrics;
+use callveil::sip::events::{CallEvent, MediaCommand};
 use callveil::sip::message::{self, Message, Method};
 use callveil::sip::proxy::{Proxy, ProxyConfig};
-use callveil::sip::sdp::PassThrough;
+use callveil::sip::sdp::{self as sdp_mod, AnchorError, MediaAnchor, PassThrough, SdpContext};
 use callveil::sip::transaction::{ClientTransaction, Kind, Received, ServerTransaction, Timers};
 use callveil::sip::{Peer, Transmit};
 use rand::rngs::StdRng;
@@ -125,7 +128,9 @@ pub struct Ua {
     /// (next at, interval, give up at, bytes, Call-ID, to).
     retrans_2xx: Vec<(Instant, Duration, Instant, Vec<u8>, String, SocketAddr)>,
     timers: Timers,
-    tag: String,
+    pub tag: String,
+    /// Header fields added to this UA's 180 and 200 responses to INVITEs.
+    pub extra_headers: Vec<(String, String)>,
     /// The INVITE received, kept to build later responses.
     pub invites: HashMap<String, Message>,
 }
@@ -147,6 +152,7 @@ impl Ua {
             retrans_2xx: Vec::new(),
             timers,
             tag: format!("t{}", a.len() + a.bytes().map(|b| b as usize).sum::<usize>()),
+            extra_headers: Vec::new(),
             invites: HashMap::new(),
         }
     }
@@ -309,6 +315,10 @@ impl Ua {
                 if !rr.is_empty() {
                     extra.push(("Record-Route", rr.as_str()));
                 }
+                let added = self.extra_headers.clone();
+                for (n, v) in &added {
+                    extra.push((n.as_str(), v.as_str()));
+                }
                 let ringing = message::response(&req, 180, "Ringing", Some(&tag), &extra);
                 self.respond_now(now, net, from, &key, 180, ringing);
                 match self.mode {
@@ -413,6 +423,46 @@ pub fn cancel(invite_bytes: &[u8]) -> Vec<u8> {
     message::cancel_for(&message::parse(invite_bytes).unwrap())
 }
 
+/// A media anchor for the consent tests: passes descriptions through, answers early media with
+/// a fixed description (port 30000) unless `refuse_early`, and records what it is asked to do.
+#[derive(Clone, Default)]
+pub struct FakeAnchor {
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub refuse_early: bool,
+}
+
+pub const EARLY_PORT: u16 = 30000;
+
+impl MediaAnchor for FakeAnchor {
+    fn rewrite(&mut self, _ctx: SdpContext<'_>, sdp: &[u8]) -> Result<Vec<u8>, AnchorError> {
+        sdp_mod::check(sdp)?;
+        Ok(sdp.to_vec())
+    }
+    fn release(&mut self, call_id: &str) {
+        self.log.lock().unwrap().push(format!("release {call_id}"));
+    }
+    fn early_answer(&mut self, call_id: &str) -> Result<Vec<u8>, AnchorError> {
+        if self.refuse_early {
+            return Err(AnchorError::NotAcceptable("no G.711".into()));
+        }
+        self.log.lock().unwrap().push(format!("early {call_id}"));
+        Ok(sdp(addr(PROXY), EARLY_PORT).into_bytes())
+    }
+    fn control(&mut self, cmd: MediaCommand) {
+        let line = match cmd {
+            MediaCommand::SecureEntry { call_id, on } => format!("secure {call_id} {on}"),
+            other => format!("{other:?}"),
+        };
+        self.log.lock().unwrap().push(line);
+    }
+}
+
+impl FakeAnchor {
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
 pub struct Sim {
     pub now: Instant,
     pub proxy: Proxy,
@@ -421,14 +471,26 @@ pub struct Sim {
     pub carrier: Ua,
     pub pbx: Vec<Ua>,
     pub timers: Timers,
+    pub events: Option<Receiver<CallEvent>>,
+    pub anchor: FakeAnchor,
 }
 
 impl Sim {
     /// A proxy routing every user to `upstreams` (PBX1, PBX2, ... in failover order).
     pub fn new(seed: u64, pbx_modes: &[UasMode]) -> Sim {
+        Sim::build(seed, pbx_modes, "", None)
+    }
+
+    /// A proxy with `route_keys` added to its one route (e.g. `consent = "ivr"`), the
+    /// [`FakeAnchor`] (or a refusing one) and an event channel.
+    pub fn consent(seed: u64, pbx_modes: &[UasMode], route_keys: &str, anchor: FakeAnchor) -> Sim {
+        Sim::build(seed, pbx_modes, route_keys, Some(anchor))
+    }
+
+    fn build(seed: u64, pbx_modes: &[UasMode], route_keys: &str, anchor: Option<FakeAnchor>) -> Sim {
         let ups: Vec<String> = [PBX1, PBX2].iter().take(pbx_modes.len()).map(|a| format!("\"udp:{a}\"")).collect();
         let toml = format!(
-            "[sip]\nlisten = [\"udp:{PROXY}\", \"tcp:{PROXY}\"]\n[[sip.routes]]\nmatch_user = \".*\"\nupstream = [{}]\n",
+            "[sip]\nlisten = [\"udp:{PROXY}\", \"tcp:{PROXY}\"]\n[[sip.routes]]\nmatch_user = \".*\"\nupstream = [{}]\n{route_keys}\n",
             ups.join(", ")
         );
         let settings = Settings::from_toml(&toml).unwrap();
@@ -439,7 +501,15 @@ impl Sim {
         let cfg = ProxyConfig::from_settings(&settings, bound);
         let timers = cfg.timers;
         let metrics = Metrics::new();
-        let proxy = Proxy::new(cfg, metrics.sip.clone(), Box::new(PassThrough));
+        let (proxy, events, fake) = match anchor {
+            None => (Proxy::new(cfg, metrics.sip.clone(), Box::new(PassThrough)), None, FakeAnchor::default()),
+            Some(a) => {
+                let mut proxy = Proxy::new(cfg, metrics.sip.clone(), Box::new(a.clone()));
+                let (tx, rx) = channel();
+                proxy.set_events(tx);
+                (proxy, Some(rx), a)
+            }
+        };
         let pbx = pbx_modes.iter().zip([PBX1, PBX2]).map(|(m, a)| Ua::new(a, *m, timers)).collect();
         Sim {
             now: Instant::now(),
@@ -458,6 +528,8 @@ impl Sim {
             carrier: Ua::new(CARRIER, UasMode::Answer, timers),
             pbx,
             timers,
+            events,
+            anchor: fake,
         }
     }
 
@@ -515,8 +587,58 @@ impl Sim {
         }
     }
 
+    /// Events reported since the last call.
+    pub fn take_events(&mut self) -> Vec<CallEvent> {
+        self.events.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
+    }
+
+    pub fn command(&mut self, cmd: callveil::sip::events::CallCommand) {
+        let now = self.now;
+        self.proxy.handle_command(now, cmd);
+    }
+
     pub fn metric(&self, needle: &str) -> Option<f64> {
         let text = self.metrics.encode();
         text.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
     }
+}
+
+/// `msg` with its body replaced (and Content-Type set).
+pub fn set_body(msg: Vec<u8>, content_type: &str, body: &[u8]) -> Vec<u8> {
+    message::parse(&msg).unwrap().rewrite().body(Some(content_type), body).finish()
+}
+
+/// `msg` with a header field added.
+pub fn add_header(msg: Vec<u8>, name: &str, value: &str) -> Vec<u8> {
+    message::parse(&msg).unwrap().rewrite().add_header(name, value).finish()
+}
+
+/// An in-dialog request from the PBX toward the caller, through callveil (Route = our
+/// Record-Route), built from the 200 OK the caller received.
+pub fn pbx_request(ok: &Message, pbx: &str, method: &str, branch: &str, cseq: u32) -> Vec<u8> {
+    let mut routes = String::new();
+    for rr in ok.record_routes() {
+        routes.push_str(&format!("Route: <{}>\r\n", rr.uri.raw));
+    }
+    format!(
+        "{method} sip:{CALLER_NUMBER}@{CARRIER} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {pbx};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         {routes}\
+         From: {}\r\n\
+         To: {}\r\n\
+         Call-ID: {}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        ok.to().raw,
+        ok.from().raw,
+        ok.call_id(),
+    )
+    .into_bytes()
+}
+
+/// An INVITE without a body (no offer).
+pub fn invite_without_sdp(call_id: &str, branch: &str) -> Vec<u8> {
+    let m = message::parse(&invite(call_id, branch, 1)).unwrap();
+    m.rewrite().remove_header("Content-Type").body(None, b"").finish()
 }
