@@ -91,9 +91,12 @@ fn loads_8khz_mono_and_ignores_other_files() {
     assert_ne!(p.get("es").unwrap().sha256, p.get("en").unwrap().sha256);
 }
 
+/// Writes one bad prompt file at the given path.
+type MakeFile = Box<dyn Fn(&Path)>;
+
 #[test]
 fn refuses_wrong_rate_channels_garbage_and_missing_dir_naming_the_file() {
-    let cases: [(&str, Box<dyn Fn(&Path)>, &str); 4] = [
+    let cases: [(&str, MakeFile, &str); 4] = [
         ("en.wav", Box::new(|p| write_wav(p, 16_000, &[tone(100)])), "16000 Hz"),
         ("es.wav", Box::new(|p| write_wav(p, 8000, &[tone(100), tone(100)])), "2 channels"),
         ("pt.wav", Box::new(|p| std::fs::write(p, b"RIFF\x00\x00\x00\x00WAVEjunk").unwrap()), "pt.wav"),
