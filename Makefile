@@ -12,19 +12,21 @@ CONFIG ?= config/callveil.toml
 setup:
 	scripts/setup
 
-# One consented, redacted call on loopback (`callveil demo`): the speech model, the IVR prompts
-# (when scripts/make-prompts exists), the caller's and agent's voices, then the release binary
+# One consented, redacted call on loopback (`callveil demo`): the speech model, the IVR prompts,
+# the caller's and agent's voices, then the release binary
 # (debug builds transcribe too slowly for the one-minute budget).
 demo: setup
 	scripts/provision-model tiny.en >/dev/null
-	if [ -x scripts/make-prompts ]; then scripts/make-prompts; fi
+	scripts/make-prompts   # IVR consent prompts (var/prompts/{en,es,pt}.wav)
 	scripts/make-demo-audio
 	$(CARGO) run --release -- demo
 
 # fmt, clippy, compile every target (benches included, in the test profile, not run), then run
 # the library, binary and integration tests.
 test: setup
-	scripts/provision-model tiny.en >/dev/null   # the real-model redaction test (tests/redact_cli.rs)
+	scripts/make-prompts   # IVR consent prompts (var/prompts/{en,es,pt}.wav)
+	scripts/provision-model tiny.en >/dev/null   # the real-model tests (redact_cli, demo)
+	scripts/make-demo-audio   # the caller's and agent's voices for tests/demo.rs
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets --no-run
