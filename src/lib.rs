@@ -14,6 +14,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod dtmf;
 pub mod media;
 pub mod metrics;
