@@ -1,5 +1,6 @@
 //! The recording path of DESIGN.md's picture: tap -> DTMF -> consent gate -> redaction
 //! pipeline -> vault, for live calls.
 pub mod api;
+pub mod core;
 pub mod dtmf;
 pub mod session;
