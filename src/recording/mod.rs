@@ -2,5 +2,6 @@
 //! pipeline -> vault, for live calls.
 pub mod api;
 pub mod core;
+pub mod driver;
 pub mod dtmf;
 pub mod session;
