@@ -14,11 +14,13 @@ setup:
 
 # Runs the proxy until Ctrl-C. (Becomes the end-to-end `callveil demo` when that lands.)
 demo: setup
+	scripts/make-prompts   # IVR consent prompts (var/prompts/{en,es,pt}.wav)
 	$(CARGO) run --release -- run --config $(CONFIG)
 
 # fmt, clippy, compile every target (benches included, in the test profile, not run), then run
 # the library, binary and integration tests.
 test: setup
+	scripts/make-prompts   # IVR consent prompts (var/prompts/{en,es,pt}.wav)
 	scripts/provision-model tiny.en >/dev/null   # the real-model redaction test (tests/redact_cli.rs)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings

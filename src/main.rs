@@ -23,6 +23,8 @@ enum Command {
     },
     /// QA / DPO access to stored recordings: list, show, export, tag, hold, erase, sweep, audit.
     Recordings(callveil::cli::recordings::RecordingsArgs),
+    /// The consent ledger: list decisions (no numbers are printed).
+    Consent(callveil::cli::consent::ConsentArgs),
     /// Vault key management: init, rotate.
     Keys(callveil::cli::keys::KeysArgs),
     /// Redact a recording offline: card numbers, security codes, IDs cut from audio and transcript.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::SipCheck { files } => callveil::cli::sip_check::run(&files),
         Command::Recordings(args) => callveil::cli::recordings::run(args),
         Command::Keys(args) => callveil::cli::keys::run(args),
+        Command::Consent(args) => callveil::cli::consent::run(args),
         Command::Redact { input, output, report, config, model, lang, workers } => {
             let language = lang.as_deref().map(|l| match l {
                 "es" => callveil::redact::normalize::Lang::Es,

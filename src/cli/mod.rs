@@ -1,6 +1,7 @@
 //! Command-line subcommands, one file each; `main.rs` only parses arguments and dispatches here.
 //! Nothing in this module is used by the proxy at run time.
 
+pub mod consent;
 pub mod keys;
 pub mod recordings;
 pub mod redact;

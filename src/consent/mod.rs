@@ -169,7 +169,10 @@ impl Source {
     }
 }
 
-/// What the driver must do, in the order returned.
+/// What the driver must do, in the order returned. A grant's `Ledger` comes before its
+/// `StartRecording`, so the ledger id exists for `LawfulBasis::Consent { ledger_ref }` when the
+/// recording opens; a revocation's `StopRecording` comes before its `Ledger`, so the record can
+/// name the recording it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// IVR: (re)play the prompt toward the caller.

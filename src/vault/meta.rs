@@ -1,5 +1,5 @@
 //! Recording metadata in SQL through sqlx: recordings, wrapped data keys, tags, redaction spans,
-//! tombstones and the audit log. SQLite by default; the queries stay portable (numbered `$N`
+//! tombstones, the audit log and the append-only consent ledger. SQLite by default; the queries stay portable (numbered `$N`
 //! parameters, no SQLite-only functions) so a PostgreSQL store can follow with its own migration.
 //!
 //! This module is async (sqlx is); [`super::Vault`] owns a small runtime and offers the synchronous
@@ -150,6 +150,26 @@ fn parse_channels(s: &str) -> Result<Vec<Party>, MetaError> {
 
 pub struct MetaStore {
     pool: SqlitePool,
+}
+
+/// One consent-ledger row as stored: no phone number, only the subject's keyed hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentRow {
+    pub id: String,
+    pub call_id: String,
+    pub subject_hash: Option<String>,
+    pub route: String,
+    /// `consent`, or the non-consent basis name.
+    pub basis: String,
+    /// `ivr`, `dtmf`, `header`, `api` or `not_required`.
+    pub method: String,
+    /// `granted`, `declined`, `revoked` or `no_answer`.
+    pub decision: String,
+    pub prompt_id: Option<String>,
+    pub prompt_language: Option<String>,
+    pub prompt_sha256: Option<String>,
+    pub decided_at_ms: i64,
+    pub recording_id: Option<String>,
 }
 
 const RECORDING_COLUMNS: &str = "id, state, started_at_ms, ended_at_ms, route, sample_rate, channels, basis, \
@@ -506,6 +526,77 @@ impl MetaStore {
                 })
             })
             .collect()
+    }
+
+    /// Appends one consent-ledger row (the table refuses updates and deletes).
+    pub async fn append_consent(&self, r: &ConsentRow) -> Result<(), MetaError> {
+        sqlx::query(
+            "INSERT INTO consent_ledger (id, call_id, subject_hash, route, basis, method, decision, prompt_id, \
+             prompt_language, prompt_sha256, decided_at_ms, recording_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&r.id)
+        .bind(&r.call_id)
+        .bind(&r.subject_hash)
+        .bind(&r.route)
+        .bind(&r.basis)
+        .bind(&r.method)
+        .bind(&r.decision)
+        .bind(&r.prompt_id)
+        .bind(&r.prompt_language)
+        .bind(&r.prompt_sha256)
+        .bind(r.decided_at_ms)
+        .bind(&r.recording_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ledger rows of one call and/or one subject hash (`None` = any), oldest first. A row's
+    /// `recording_id` falls back to the recording whose basis references it (a grant is written
+    /// before its recording exists, so the link is found from the recording's side).
+    pub async fn consent_rows(
+        &self,
+        call_id: Option<&str>,
+        subject_hash: Option<&str>,
+    ) -> Result<Vec<ConsentRow>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT l.id, l.call_id, l.subject_hash, l.route, l.basis, l.method, l.decision, l.prompt_id, \
+             l.prompt_language, l.prompt_sha256, l.decided_at_ms, \
+             COALESCE(l.recording_id, (SELECT r.id FROM recordings r WHERE r.basis = 'consent' \
+             AND r.basis_ref = l.id)) AS recording_id \
+             FROM consent_ledger l WHERE ($1 IS NULL OR l.call_id = $1) AND ($2 IS NULL OR l.subject_hash = $2) \
+             ORDER BY l.decided_at_ms, l.rowid",
+        )
+        .bind(call_id)
+        .bind(subject_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConsentRow {
+                    id: r.try_get("id")?,
+                    call_id: r.try_get("call_id")?,
+                    subject_hash: r.try_get("subject_hash")?,
+                    route: r.try_get("route")?,
+                    basis: r.try_get("basis")?,
+                    method: r.try_get("method")?,
+                    decision: r.try_get("decision")?,
+                    prompt_id: r.try_get("prompt_id")?,
+                    prompt_language: r.try_get("prompt_language")?,
+                    prompt_sha256: r.try_get("prompt_sha256")?,
+                    decided_at_ms: r.try_get("decided_at_ms")?,
+                    recording_id: r.try_get("recording_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one SQL statement as given; tests use it to prove the database itself refuses
+    /// changes to the ledger.
+    #[cfg(test)]
+    pub(crate) async fn execute_raw(&self, sql: &str) -> Result<u64, MetaError> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
     }
 
     pub async fn close(self) {

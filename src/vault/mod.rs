@@ -4,6 +4,9 @@
 //! - [`blob`]: the object-store-shaped blob trait and its local-directory implementation.
 //! - [`meta`]: metadata, wrapped keys, tags, spans, tombstones and audit log (sqlx, SQLite).
 //! - [`retention`]: classes, rules and expiry (pure).
+//! - the consent ledger ([`ConsentRecord`] in, [`meta::ConsentRow`] out): append-only rows that
+//!   prove each consent decision; written through [`recorder::Recorder::append_consent`], read
+//!   with [`Vault::consent_records`]. Erasure by subject keeps them (see [`Vault::erase_subject`]).
 //! - [`recorder`]: the [`sink::RecordingSink`] implementation the pipeline writes into.
 //! - [`Vault`] (here): the synchronous face over all of them used by the recorder and the QA/DPO
 //!   command line: list, show, export, tag, hold, erase, sweep, key rotation, crash recovery.
@@ -30,7 +33,7 @@ use zeroize::Zeroizing;
 use self::blob::{BlobError, BlobStore, FsBlobStore};
 use self::crypto::{CryptoError, DataKey, Keyring, StreamTag};
 use self::meta::{
-    AuditEntry, ListFilter, MetaError, MetaStore, RecordingRow, RecordingState, RedactionSummary, Tombstone,
+    AuditEntry, ConsentRow, ListFilter, MetaError, MetaStore, RecordingRow, RecordingState, RedactionSummary, Tombstone,
 };
 use self::retention::RetentionPolicy;
 use self::sink::Party;
@@ -125,6 +128,41 @@ pub struct RecordingDetail {
     pub summary: RedactionSummary,
     pub spans: Vec<(u8, u64, u64, String)>,
     pub transcript: Vec<TranscriptLine>,
+}
+
+/// The IVR prompt a caller heard, as the ledger proves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptRef {
+    pub id: String,
+    pub language: String,
+    pub sha256: String,
+}
+
+/// One consent decision to append to the ledger (see [`recorder::Recorder::append_consent`]).
+#[derive(Clone, Debug)]
+pub struct ConsentRecord {
+    pub call_id: String,
+    /// Stored only as its keyed hash.
+    pub caller: Pii<String>,
+    pub route: String,
+    pub basis: crate::consent::Basis,
+    pub method: crate::consent::Method,
+    pub decision: crate::consent::Decision,
+    /// The IVR prompt played (ivr method); `None` otherwise.
+    pub prompt: Option<PromptRef>,
+    /// Wall-clock instant of the decision, supplied by the driver.
+    pub decided_at: SystemTime,
+    /// The recording the decision applies to, where one exists (a revocation's recording).
+    pub recording_id: Option<String>,
+}
+
+/// Which ledger rows to read.
+#[derive(Clone, Debug)]
+pub enum ConsentQuery {
+    Call(String),
+    /// Every row whose caller number normalises like this one.
+    Subject(Pii<String>),
+    All,
 }
 
 /// Result of a retention sweep.
@@ -552,6 +590,11 @@ impl Vault {
 
     /// Erases every recording whose caller number matches `number` (after normalisation).
     /// Returns (erased ids, ids kept because of legal hold or still recording).
+    ///
+    /// Consent-ledger rows of the subject are kept (the table is append-only): they hold no
+    /// number, audio or text, only the pseudonymous keyed hash, and they are the controller's
+    /// proof of consent, refusal or withdrawal (GDPR art. 7(1); art. 17(3)(e) exempts data needed
+    /// for legal claims). The audit record counts them so the DPO can see what was kept.
     pub fn erase_subject(&self, number: &Pii<String>, actor: &str, now: SystemTime) -> Result<SweepReport, VaultError> {
         let mut report = SweepReport::default();
         let Some(hash) = self.keys.subject_hash(number.expose()) else {
@@ -566,15 +609,30 @@ impl Vault {
             self.erase_row(&row, "subject_request", actor, now)?;
             report.erased.push(id);
         }
+        let ledger_kept = self.block(self.meta.consent_rows(None, Some(&hash)))??.len();
         // The audit record says a subject request happened and what it did, never for whom.
         self.audit(
             actor,
             "erase.subject",
             None,
-            &format!("erased={} kept={}", report.erased.len(), report.held.len()),
+            &format!("erased={} kept={} consent_ledger_kept={ledger_kept}", report.erased.len(), report.held.len()),
             now,
         )?;
         Ok(report)
+    }
+
+    /// Consent-ledger rows of a call, of a subject (by the keyed hash of the normalised number;
+    /// a value with no digits matches nothing), or all of them; oldest first.
+    pub fn consent_records(&self, q: &ConsentQuery) -> Result<Vec<ConsentRow>, VaultError> {
+        let (call, subject) = match q {
+            ConsentQuery::Call(c) => (Some(c.as_str()), None),
+            ConsentQuery::Subject(n) => match self.keys.subject_hash(n.expose()) {
+                Some(h) => (None, Some(h)),
+                None => return Ok(Vec::new()),
+            },
+            ConsentQuery::All => (None, None),
+        };
+        Ok(self.block(self.meta.consent_rows(call, subject.as_deref()))??)
     }
 
     /// Erases every closed recording whose expiry is at or before `now`, except those on hold.

@@ -16,13 +16,13 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::crypto::{self, hex, DataKey, StreamTag};
-use super::meta::{NewRecording, RecordingState};
+use super::meta::{ConsentRow, NewRecording, RecordingState};
 use super::retention::{ClassSource, RetentionPolicy};
 use super::sink::{
     ClearedAudio, CloseReason, LawfulBasis, RecordingId, RecordingMeta, RecordingSink, RedactionSpan, SinkError,
     TranscriptSegment,
 };
-use super::{chunk_key, framing, ms, Vault, VaultError};
+use super::{chunk_key, framing, ms, ConsentRecord, Vault, VaultError};
 
 /// Wall clock for the few timestamps the sink needs (close time, audit); injected by the driver.
 pub type Clock = Box<dyn FnMut() -> SystemTime + Send>;
@@ -146,6 +146,49 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// Appends one consent decision to the ledger and returns its id (what
+    /// `LawfulBasis::Consent { ledger_ref }` names). The caller number is stored only as its
+    /// keyed hash. Refuses a record that would blur consent and other bases: `not_required` is
+    /// never consent, and a non-consent basis is recorded only with `not_required`.
+    pub fn append_consent(&mut self, rec: ConsentRecord) -> Result<String, SinkError> {
+        let r = self.append_consent_inner(rec);
+        self.track(r)
+    }
+
+    fn append_consent_inner(&mut self, rec: ConsentRecord) -> Result<String, SinkError> {
+        use crate::consent::{Basis, Method};
+        if rec.call_id.is_empty() || rec.call_id.len() > 1024 {
+            return Err(reject("consent record: call id must be 1 to 1024 bytes".into()));
+        }
+        match (&rec.basis, rec.method) {
+            (Basis::Consent, Method::NotRequired) => {
+                return Err(reject("consent record: method not_required cannot carry basis consent".into()))
+            }
+            (Basis::Other(name), m) if m != Method::NotRequired || name.is_empty() || name == "consent" => {
+                return Err(reject("consent record: a non-consent basis needs method not_required and a name".into()))
+            }
+            _ => {}
+        }
+        let id = format!("cl-{}", new_id().0);
+        let prompt = rec.prompt.as_ref();
+        let row = ConsentRow {
+            id: id.clone(),
+            call_id: rec.call_id,
+            subject_hash: self.vault.keys().subject_hash(rec.caller.expose()),
+            route: rec.route,
+            basis: rec.basis.as_str().to_string(),
+            method: rec.method.as_str().to_string(),
+            decision: rec.decision.as_str().to_string(),
+            prompt_id: prompt.map(|p| p.id.clone()),
+            prompt_language: prompt.map(|p| p.language.clone()),
+            prompt_sha256: prompt.map(|p| p.sha256.clone()),
+            decided_at_ms: ms(rec.decided_at),
+            recording_id: rec.recording_id,
+        };
+        self.vault.block(self.vault.meta().append_consent(&row)).map_err(backend)?.map_err(|e| backend(e.into()))?;
+        Ok(id)
+    }
+
     fn open_inner(&mut self, meta: RecordingMeta) -> Result<RecordingId, SinkError> {
         if meta.channels.is_empty() || meta.channels.len() > 8 {
             return Err(reject(format!("{} channels: between 1 and 8 are supported", meta.channels.len())));

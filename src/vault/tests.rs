@@ -345,7 +345,7 @@ fn erasing_a_subject_leaves_nothing_of_theirs() {
     }
     // The audit log says what happened, never to whom.
     let log = v.audit_log(None).unwrap();
-    assert!(log.iter().any(|e| e.action == "erase.subject" && e.detail == "erased=2 kept=0"));
+    assert!(log.iter().any(|e| e.action == "erase.subject" && e.detail == "erased=2 kept=0 consent_ledger_kept=0"));
     assert!(log.iter().all(|e| !e.detail.contains("600")));
     // Erasing again: a clear "already erased" error, and subject erasure finds nothing.
     assert!(matches!(v.erase(&mine[0].0, "erasure_request", "dpo", t(40)), Err(VaultError::Erased { .. })));
@@ -528,4 +528,138 @@ fn recorder_is_a_sendable_sink_built_from_settings() {
     assert_eq!(e.key, "vault.chunk_ms");
     let e = crate::config::Settings::from_toml("[retention]\ndefault_class = \"gold\"\n").unwrap_err();
     assert_eq!(e.key, "retention.default_class");
+}
+
+fn consent(
+    call: &str,
+    caller: &str,
+    decision: crate::consent::Decision,
+    method: crate::consent::Method,
+) -> ConsentRecord {
+    ConsentRecord {
+        call_id: call.into(),
+        caller: Pii::new(caller.into()),
+        route: "support".into(),
+        basis: crate::consent::Basis::Consent,
+        method,
+        decision,
+        prompt: (method == crate::consent::Method::Ivr).then(|| PromptRef {
+            id: "consent-en".into(),
+            language: "en".into(),
+            sha256: "ab".repeat(32),
+        }),
+        decided_at: t(5),
+        recording_id: None,
+    }
+}
+
+#[test]
+fn consent_ledger_links_grant_to_recording_and_is_append_only() {
+    use crate::consent::{Basis, Decision, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = recorder(dir.path(), 500);
+    let grant = rec.append_consent(consent("call-1", CALLER, Decision::Granted, Method::Ivr)).unwrap();
+    let mut m = meta(CALLER, "support", None);
+    m.call_id = "call-1".into();
+    m.basis = LawfulBasis::Consent { ledger_ref: grant.clone() };
+    let id = rec.open(m).unwrap();
+    write_frames(&mut rec, &id, 0, 10);
+    let mut revoke = consent("call-1", CALLER, Decision::Revoked, Method::Dtmf);
+    revoke.decided_at = t(9);
+    revoke.recording_id = Some(id.0.clone());
+    let revoke_id = rec.append_consent(revoke).unwrap();
+    rec.close(&id, CloseReason::Revoked { purge: false }).unwrap();
+    let mut other = consent("call-2", "+44 20 7946 0000", Decision::Declined, Method::Header);
+    other.decided_at = t(1);
+    rec.append_consent(other).unwrap();
+    let mut legal = consent("call-3", CALLER, Decision::Granted, Method::NotRequired);
+    legal.basis = Basis::Other("legal_obligation".into());
+    legal.decided_at = t(20);
+    rec.append_consent(legal).unwrap();
+
+    let v = rec.vault();
+    let rows = v.consent_records(&ConsentQuery::Call("call-1".into())).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].id.as_str(), rows[0].decision.as_str(), rows[0].method.as_str()),
+        (grant.as_str(), "granted", "ivr")
+    );
+    assert_eq!(rows[0].recording_id.as_deref(), Some(id.0.as_str()), "grant linked through the recording's basis_ref");
+    assert_eq!(rows[0].prompt_sha256.as_deref(), Some("ab".repeat(32).as_str()));
+    assert_eq!(rows[0].prompt_language.as_deref(), Some("en"));
+    assert_eq!(rows[0].decided_at_ms, ms(t(5)));
+    assert_eq!((rows[1].id.as_str(), rows[1].decision.as_str()), (revoke_id.as_str(), "revoked"));
+    assert_eq!(rows[1].recording_id.as_deref(), Some(id.0.as_str()));
+    assert_eq!(rows[0].subject_hash, v.keys().subject_hash(CALLER));
+    // By subject: any spelling of the number finds the same rows; no digits finds nothing.
+    let by_subject = v.consent_records(&ConsentQuery::Subject(Pii::new("0034 600 111 222".into()))).unwrap();
+    assert_eq!(by_subject.len(), 3);
+    assert_eq!(by_subject[2].basis, "legal_obligation");
+    assert_eq!(by_subject[2].method, "not_required");
+    assert!(v.consent_records(&ConsentQuery::Subject(Pii::new("anonymous".into()))).unwrap().is_empty());
+    assert_eq!(v.consent_records(&ConsentQuery::All).unwrap().len(), 4);
+
+    // The database itself refuses changes, whatever code runs against it.
+    for sql in [
+        "UPDATE consent_ledger SET decision = 'granted'",
+        "UPDATE consent_ledger SET recording_id = NULL",
+        "DELETE FROM consent_ledger",
+        "DELETE FROM consent_ledger WHERE call_id = 'call-2'",
+    ] {
+        let err = v.block(v.meta().execute_raw(sql)).unwrap().unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // And checks the vocabulary: consent is never recorded with method not_required.
+    let bad = "INSERT INTO consent_ledger (id, call_id, route, basis, method, decision, decided_at_ms) \
+               VALUES ('x', 'c', 'r', 'consent', 'not_required', 'granted', 0)";
+    assert!(v.block(v.meta().execute_raw(bad)).unwrap().is_err());
+    assert_eq!(v.consent_records(&ConsentQuery::All).unwrap().len(), 4);
+
+    // No number in the database files.
+    for f in files_under(&dir.path().join("store")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!contains(&bytes, CALLER_DIGITS.as_bytes()), "number in {}", f.display());
+        assert!(!contains(&bytes, b"600 111 222"), "number in {}", f.display());
+    }
+}
+
+#[test]
+fn consent_ledger_survives_subject_erasure_and_purge() {
+    use crate::consent::{Decision, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = recorder(dir.path(), 500);
+    let grant = rec.append_consent(consent("call-9", CALLER, Decision::Granted, Method::Dtmf)).unwrap();
+    let mut m = meta(CALLER, "support", None);
+    m.basis = LawfulBasis::Consent { ledger_ref: grant };
+    let id = rec.open(m).unwrap();
+    write_frames(&mut rec, &id, 0, 10);
+    rec.close(&id, CloseReason::Completed).unwrap();
+    let r = rec.vault().erase_subject(&Pii::new(CALLER.into()), "dpo", t(30)).unwrap();
+    assert_eq!(r.erased, vec![id.0.clone()]);
+    let rows = rec.vault().consent_records(&ConsentQuery::Subject(Pii::new(CALLER.into()))).unwrap();
+    assert_eq!(rows.len(), 1, "proof of consent is kept");
+    assert_eq!(rows[0].recording_id, None, "the erased recording no longer links back");
+    let log = rec.vault().audit_log(None).unwrap();
+    assert!(log.iter().any(|e| e.action == "erase.subject" && e.detail == "erased=1 kept=0 consent_ledger_kept=1"));
+}
+
+#[test]
+fn consent_records_that_blur_the_basis_are_refused() {
+    use crate::consent::{Basis, Decision, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = recorder(dir.path(), 500);
+    let not_required_as_consent = consent("c", CALLER, Decision::Granted, Method::NotRequired);
+    let mut other_by_ivr = consent("c", CALLER, Decision::Granted, Method::Ivr);
+    other_by_ivr.basis = Basis::Other("contract".into());
+    let mut empty_call = consent("", CALLER, Decision::Granted, Method::Dtmf);
+    empty_call.prompt = None;
+    for r in [not_required_as_consent, other_by_ivr, empty_call] {
+        let e = rec.append_consent(r).unwrap_err();
+        assert!(e.to_string().contains("rejected"), "{e}");
+    }
+    assert!(rec.vault().consent_records(&ConsentQuery::All).unwrap().is_empty());
+    // A caller with no number at all is still recorded, with no subject hash.
+    let anon = rec.append_consent(consent("c", "anonymous", Decision::Declined, Method::Dtmf)).unwrap();
+    let rows = rec.vault().consent_records(&ConsentQuery::All).unwrap();
+    assert_eq!((rows[0].id.clone(), rows[0].subject_hash.clone()), (anon, None));
 }
