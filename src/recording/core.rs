@@ -44,12 +44,33 @@ pub struct LedgerEntry {
     /// The IVR prompt the caller heard: id, language, sha256 (IVR mode only).
     pub prompt: Option<(String, String, String)>,
     pub at: SystemTime,
+    /// The call's recording, where one was opened (a revocation's recording).
+    pub recording_id: Option<String>,
 }
 
 /// The append-only consent ledger.
 pub trait ConsentLedger {
     /// Appends `entry`; returns the ledger record's id (the recording's `ledger_ref`).
     fn append_consent(&mut self, entry: LedgerEntry) -> Result<String, SinkError>;
+}
+
+impl ConsentLedger for crate::vault::recorder::Recorder {
+    fn append_consent(&mut self, e: LedgerEntry) -> Result<String, SinkError> {
+        crate::vault::recorder::Recorder::append_consent(
+            self,
+            crate::vault::ConsentRecord {
+                call_id: e.call_id,
+                caller: e.caller,
+                route: e.route,
+                basis: e.basis,
+                method: e.method,
+                decision: e.decision,
+                prompt: e.prompt.map(|(id, language, sha256)| crate::vault::PromptRef { id, language, sha256 }),
+                decided_at: e.at,
+                recording_id: e.recording_id,
+            },
+        )
+    }
 }
 
 /// What the recording path writes to: recordings and the consent ledger.
@@ -122,6 +143,8 @@ struct Call {
     session: Option<Session>,
     retention: Option<String>,
     ledger_ref: Option<String>,
+    /// Id of the recording once opened (kept after it closes, for the ledger).
+    recording_id: Option<String>,
     ended: bool,
 }
 
@@ -282,6 +305,7 @@ impl RecordingPath {
                 session: None,
                 retention: None,
                 ledger_ref: None,
+                recording_id: None,
                 ended: false,
             },
         );
@@ -468,6 +492,7 @@ impl RecordingPath {
                             .then(|| c.prompt.as_ref().map(|p| (p.id.clone(), p.language.clone(), p.sha256.clone())))
                             .flatten(),
                         at: wall,
+                        recording_id: c.recording_id.clone(),
                     };
                     match store.append_consent(entry) {
                         Ok(id) if decision == Decision::Granted => c.ledger_ref = Some(id),
@@ -504,6 +529,7 @@ impl RecordingPath {
                     };
                     match store.open(meta) {
                         Ok(id) => {
+                            c.recording_id = Some(id.0.clone());
                             let mut s = Session::new(id, now, self.cfg.pipeline.clone(), c.last_end);
                             for ch in 0..2 {
                                 if c.untranscribable[ch] {
