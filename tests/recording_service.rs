@@ -195,3 +195,57 @@ async fn consent_api_endpoint() {
     server.stop().await;
     tokio::task::spawn_blocking(move || svc.stop()).await.expect("stop");
 }
+
+/// The production store: the vault's `Recorder` takes the ledger record and the recording, and
+/// the decision is in the ledger with the recording's basis pointing at it.
+#[test]
+fn with_the_vault_recorder_as_store() {
+    use callveil::vault::meta::{ListFilter, RecordingState};
+    use callveil::vault::recorder::Recorder;
+    use callveil::vault::{ConsentQuery, Vault, VaultOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[[sip.routes]]\nname = \"r\"\nmatch_user = \".*\"\nupstream = [\"udp:127.0.0.1:5070\"]\n\
+         [consent]\nmode = \"header\"\n[storage]\ndir = {:?}\n[vault]\nkey_file = {:?}\ncreate_keys = true\n",
+        dir.path().join("store"),
+        dir.path().join("vault.keys")
+    );
+    let s = Settings::from_toml(&text).expect("config");
+    let metrics = Metrics::new();
+    let clock = Box::new(|| std::time::UNIX_EPOCH + Duration::from_secs(1_790_000_000));
+    let (recorder, _) = Recorder::from_settings(&s, metrics.vault.clone(), clock).expect("recorder");
+    let opts = ServiceOptions { path: PathConfig::from_settings(&s, Prompts::default()), tap_queue: 64, pool: None };
+    let (tx, mut cmds) = tokio::sync::mpsc::unbounded_channel();
+    let (svc, events) =
+        RecordingService::start_with(opts, metrics.recording.clone(), metrics.redact.clone(), tx, Box::new(recorder))
+            .expect("service");
+    events.send(started("v1")).expect("send");
+    events
+        .send(CallEvent::Consent { call_id: "v1".into(), signal: callveil::sip::events::ConsentSignal::Granted })
+        .expect("send");
+    let sink = loop {
+        match cmds.blocking_recv() {
+            Some(CallCommand::Media(MediaCommand::OpenTap { sink, .. })) => break sink,
+            Some(_) => continue,
+            None => panic!("service stopped"),
+        }
+    };
+    for k in 0..50u64 {
+        let ev = TapEvent::Audio { at: Duration::from_millis(k * 20), samples: vec![0; 160] };
+        sink.send(TapFrame { call: 1, stream: 0, leg: Leg::Callee, event: ev }).expect("tap");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    events.send(CallEvent::Ended { call_id: "v1".into() }).expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    svc.stop();
+    let vault = Vault::open(VaultOptions::from_settings(&s).expect("options")).expect("vault");
+    let rows = vault.list(&ListFilter::default()).expect("list");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, RecordingState::Complete);
+    let ledger = vault.consent_records(&ConsentQuery::Call("v1".into())).expect("ledger");
+    assert_eq!(ledger.len(), 1);
+    assert_eq!((ledger[0].method.as_str(), ledger[0].decision.as_str()), ("header", "granted"));
+    assert!(
+        matches!(&rows[0].basis, callveil::vault::sink::LawfulBasis::Consent { ledger_ref } if *ledger_ref == ledger[0].id)
+    );
+}

@@ -136,3 +136,61 @@ impl LegDtmf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtmf::{Digit, DtmfSource};
+
+    fn tone(n: usize) -> Vec<i16> {
+        // Digit 9: 852 Hz + 1477 Hz.
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / 8000.0;
+                let w = 2.0 * std::f64::consts::PI;
+                (5000.0 * (w * 852.0 * t).sin() + 5000.0 * (w * 1477.0 * t).sin()) as i16
+            })
+            .collect()
+    }
+
+    fn feed(d: &mut LegDtmf, from_ms: u64, pcm: &[i16]) {
+        for (k, chunk) in pcm.chunks(160).enumerate() {
+            d.audio(Duration::from_millis(from_ms + k as u64 * 20), chunk);
+        }
+    }
+
+    #[test]
+    fn repeated_end_packets_give_one_press_at_its_media_time() {
+        let mut d = LegDtmf::new();
+        for dur in [400u16, 800, 1200, 1200, 1200] {
+            let end = if dur == 1200 { 0x8a } else { 0x0a };
+            let p = [5, end, (dur >> 8) as u8, dur as u8];
+            d.telephone_event(Duration::from_millis(2_000), &p).unwrap();
+        }
+        let e = d.poll_event().expect("one press");
+        assert_eq!((e.digit, e.source, e.start_ms, e.end_ms), (Digit::D5, DtmfSource::Rfc4733, 2_000, 2_150));
+        assert!(d.poll_event().is_none());
+        assert!(d.telephone_event(Duration::ZERO, &[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn in_band_times_survive_a_late_start_and_a_long_gap() {
+        let mut d = LegDtmf::new();
+        // The leg's tap starts at 10 s of media time; tone at 10.2 s for 160 ms.
+        feed(&mut d, 10_000, &vec![0; 1600]);
+        let mut pcm = tone(1280);
+        pcm.extend(vec![0; 1600]);
+        feed(&mut d, 10_200, &pcm);
+        // A 5 s hole, then another press at 15.6 s.
+        d.gap(Duration::from_millis(15_600));
+        let mut pcm = tone(1280);
+        pcm.extend(vec![0; 1600]);
+        feed(&mut d, 15_600, &pcm);
+        d.flush();
+        let got: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|e| e.digit == Digit::D9 && e.source == DtmfSource::InBand));
+        assert!((10_190..=10_240).contains(&got[0].start_ms), "{got:?}");
+        assert!((15_590..=15_640).contains(&got[1].start_ms), "{got:?}");
+    }
+}
