@@ -469,3 +469,114 @@ fn real_model_masks_a_spoken_card_number_in_the_sink() {
     let kept = stored[300 * 8..3_400 * 8].iter().filter(|s| s.unsigned_abs() > 200).count();
     assert!(kept > 1000, "the non-PII opening was muted too");
 }
+
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A store whose every write fails: the recording path logs the failures, never the data.
+struct Failing;
+
+impl RecordingSink for Failing {
+    fn open(&mut self, _: RecordingMeta) -> Result<RecordingId, SinkError> {
+        Ok(RecordingId("r".into()))
+    }
+    fn audio(&mut self, _: &RecordingId, _: ClearedAudio) -> Result<(), SinkError> {
+        Err(SinkError::Backend("disk full".into()))
+    }
+    fn transcript(&mut self, _: &RecordingId, _: TranscriptSegment) -> Result<(), SinkError> {
+        Err(SinkError::Backend("disk full".into()))
+    }
+    fn span(&mut self, _: &RecordingId, _: RedactionSpan) -> Result<(), SinkError> {
+        Err(SinkError::Backend("disk full".into()))
+    }
+    fn close(&mut self, _: &RecordingId, _: CloseReason) -> Result<(), SinkError> {
+        Err(SinkError::Backend("disk full".into()))
+    }
+}
+
+impl ConsentLedger for Failing {
+    fn append_consent(&mut self, _: LedgerEntry) -> Result<String, SinkError> {
+        Err(SinkError::Backend("ledger down".into()))
+    }
+}
+
+#[test]
+fn failures_are_logged_and_counted_without_personal_data_or_digits() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        // Consent needs a ledger record: with the ledger down, nothing is recorded (fail closed).
+        let mut h = H::new("header");
+        let mut store = Failing;
+        let t = h.at(0);
+        let started = |id: &str| CallEvent::Started {
+            call_id: id.into(),
+            caller: Pii::new("+34600111222".into()),
+            callee: Pii::new("5551234".into()),
+            route: "r".into(),
+            held: false,
+        };
+        h.p.handle_event(t, started("a"), &mut store);
+        h.p.handle_event(t, CallEvent::Consent { call_id: "a".into(), signal: ConsentSignal::Granted }, &mut store);
+        assert_eq!(h.p.recordings(), 0, "recorded without a ledger record");
+        assert_eq!(
+            h.metrics.sink_errors.get_or_create(&callveil::metrics::KindLabels { kind: "ledger".into() }).get(),
+            1
+        );
+        // not_required needs no consent record: writes fail and are counted.
+        let mut h = H::new("not_required");
+        h.p.handle_event(t, started("b"), &mut store);
+        for k in 0..100u64 {
+            let frame = TapFrame {
+                call: 1,
+                stream: 0,
+                leg: Leg::Caller,
+                event: TapEvent::Audio { at: Duration::from_millis(k * 20), samples: vec![0; 160] },
+            };
+            h.p.handle_tap(h.at(k * 20 + 20), "b", frame, &mut store);
+        }
+        h.p.handle_event(
+            h.at(2000),
+            CallEvent::InfoDtmf {
+                call_id: "b".into(),
+                leg: Leg::Caller,
+                digit: callveil::dtmf::Digit::D8,
+                duration_ms: 100,
+            },
+            &mut store,
+        );
+        h.p.handle_event(h.at(2000), CallEvent::Ended { call_id: "b".into() }, &mut store);
+        assert!(h.metrics.sink_errors.get_or_create(&callveil::metrics::KindLabels { kind: "write".into() }).get() > 0);
+        h.p.handle_event(
+            t,
+            CallEvent::Started {
+                call_id: "c".into(),
+                caller: Pii::new("+34600111222".into()),
+                callee: Pii::new("5551234".into()),
+                route: "other".into(),
+                held: true,
+            },
+            &mut store,
+        );
+    });
+    let logs = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf8");
+    assert!(logs.contains("disk full") && logs.contains("ledger down"), "failures not logged: {logs}");
+    for secret in ["600111222", "5551234"] {
+        assert!(!logs.contains(secret), "personal data in logs: {logs}");
+    }
+}
