@@ -580,3 +580,24 @@ fn failures_are_logged_and_counted_without_personal_data_or_digits() {
         assert!(!logs.contains(secret), "personal data in logs: {logs}");
     }
 }
+
+#[test]
+fn a_second_audio_stream_of_the_call_is_refused_not_mixed_in() {
+    let mut h = H::new("not_required");
+    h.start(0, false);
+    h.audio(Leg::Caller, 0, 1000, silence);
+    let other = TapFrame {
+        call: 7,
+        stream: 1,
+        leg: Leg::Caller,
+        event: TapEvent::Audio { at: Duration::from_millis(100), samples: vec![12_000; 160] },
+    };
+    h.p.handle_tap(h.at(1000), CALL, other, &mut h.store);
+    h.pump(1000);
+    h.end(1000);
+    assert!(h.store.pcm(0, 1000).iter().all(|&s| s == 0));
+    assert_eq!(
+        h.metrics.rejected.get_or_create(&callveil::metrics::KindLabels { kind: "extra_stream".into() }).get(),
+        1
+    );
+}

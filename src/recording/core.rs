@@ -139,6 +139,9 @@ struct Call {
     /// Leg media time right after the last tapped audio (the leg's "now" before a recording).
     last_end: [Option<Duration>; 2],
     untranscribable: [bool; 2],
+    /// The tap's stream (m-line) recorded: the first one seen. Frames of other audio streams
+    /// of the call are refused (two streams on one channel would overlap).
+    stream: Option<u8>,
     tap_open: bool,
     session: Option<Session>,
     retention: Option<String>,
@@ -301,6 +304,7 @@ impl RecordingPath {
                 dtmf: [LegDtmf::new(), LegDtmf::new()],
                 last_end: [None; 2],
                 untranscribable: [false; 2],
+                stream: None,
                 tap_open: false,
                 session: None,
                 retention: None,
@@ -337,6 +341,10 @@ impl RecordingPath {
             return;
         };
         if c.ended {
+            return;
+        }
+        if *c.stream.get_or_insert(frame.stream) != frame.stream {
+            self.metrics.rejected("extra_stream");
             return;
         }
         let ch = channel(frame.leg);

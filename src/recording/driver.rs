@@ -34,11 +34,14 @@ use crate::transcribe::{TranscribeError, Transcriber};
 const TICK: Duration = Duration::from_millis(5);
 /// Most frames taken from one call's queue per turn, so one busy call cannot starve others.
 const FRAMES_PER_TURN: usize = 256;
+/// Cap on one call's tap queue whatever `recording.tap_queue` says: a bounded channel reserves
+/// its slots up front, and 2048 frames is already 20 s of both legs of backlog.
+const PER_CALL_QUEUE_MAX: usize = 2048;
 
 /// Options the tests (and the wiring) may set beyond [`Settings`].
 pub struct ServiceOptions {
     pub path: PathConfig,
-    /// Frames queued per call between the relay and this service.
+    /// Frames queued per call between the relay and this service (capped at 2048).
     pub tap_queue: usize,
     /// None: no transcription (fail closed: windows muted as unverified).
     pub pool: Option<Pool>,
@@ -133,7 +136,7 @@ impl RecordingService {
             events,
             api: api_rx,
             taps: HashMap::new(),
-            tap_queue: opts.tap_queue.max(1),
+            tap_queue: opts.tap_queue.clamp(1, PER_CALL_QUEUE_MAX),
             pool: opts.pool,
             backlog: VecDeque::new(),
             commands,
