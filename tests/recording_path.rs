@@ -601,3 +601,60 @@ fn a_second_audio_stream_of_the_call_is_refused_not_mixed_in() {
         1
     );
 }
+
+/// Measurement (run with `--ignored --nocapture`): how much call audio the core (DTMF detection,
+/// time mapping, pipeline, sink writes; transcription faked) handles per second of one core.
+#[test]
+#[ignore]
+fn measure_core_throughput() {
+    let calls = 20u64;
+    let secs = 30u64;
+    let mut h = H::new("not_required");
+    for c in 0..calls {
+        h.p.handle_event(
+            h.at(0),
+            CallEvent::Started {
+                call_id: format!("m{c}"),
+                caller: Pii::new(String::new()),
+                callee: Pii::new(String::new()),
+                route: "r".into(),
+                held: false,
+            },
+            &mut h.store,
+        );
+    }
+    h.pump(0);
+    let voice = sine(300.0, 4000.0);
+    #[allow(clippy::disallowed_methods)] // measuring wall time
+    let t = Instant::now();
+    for k in 0..secs * 50 {
+        let at = k * 20;
+        for c in 0..calls {
+            for leg in [Leg::Caller, Leg::Callee] {
+                // 2 s talk, 1 s pause
+                let samples: Vec<i16> =
+                    (at * 8..(at + 20) * 8).map(|n| if (n / 8000) % 3 < 2 { voice(n) } else { 0 }).collect();
+                let f = TapFrame {
+                    call: c,
+                    stream: 0,
+                    leg,
+                    event: TapEvent::Audio { at: Duration::from_millis(at), samples },
+                };
+                h.p.handle_tap(h.at(at + 20), &format!("m{c}"), f, &mut h.store);
+            }
+        }
+        h.pump(at + 20);
+    }
+    for c in 0..calls {
+        h.event(secs * 1000, CallEvent::Ended { call_id: format!("m{c}") });
+    }
+    let took = t.elapsed();
+    assert_eq!(h.store.closed.len() as u64, calls);
+    let audio_s = (calls * secs * 2) as f64;
+    println!(
+        "{calls} calls x {secs} s x 2 legs = {audio_s} s of audio in {:.2} s: {:.0}x real time ({:.1} concurrent legs per core)",
+        took.as_secs_f64(),
+        audio_s / took.as_secs_f64(),
+        audio_s / took.as_secs_f64()
+    );
+}
