@@ -21,6 +21,7 @@ pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod pii;
+pub mod recording;
 pub mod redact;
 pub mod sip;
 

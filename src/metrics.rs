@@ -313,6 +313,81 @@ impl RedactMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `ivr`, `dtmf`, `header`, `api`, `not_required`.
+    pub method: String,
+    /// `granted`, `declined`, `revoked`, `no_answer`.
+    pub decision: String,
+}
+
+/// Live recording path metrics (tap -> consent -> redaction -> vault). Labels are methods,
+/// decisions and reasons only.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingMetrics {
+    /// Calls whose recording is open now.
+    pub sessions_active: Gauge,
+    /// Calls the recording path follows (recording or not).
+    pub calls_active: Gauge,
+    pub consent_decisions: Family<DecisionLabels, Counter>,
+    /// Tap frames discarded before recording was permitted (used for DTMF only, never kept).
+    pub frames_dropped_pre_consent: Counter,
+    pub recordings_opened: Counter,
+    /// By reason: completed, revoked, purged, truncated.
+    pub recordings_closed: Family<KindLabels, Counter>,
+    /// Windows released muted because no transcriber is available (model missing).
+    pub windows_without_transcriber: Counter,
+    /// Sink and ledger calls that failed, by kind.
+    pub sink_errors: Family<KindLabels, Counter>,
+    /// Inputs refused (unknown call, bad telephone-event payload, frame refused by the pipeline).
+    pub rejected: Family<KindLabels, Counter>,
+}
+
+impl RecordingMetrics {
+    pub fn decision(&self, method: &str, decision: &str) {
+        self.consent_decisions
+            .get_or_create(&DecisionLabels { method: method.to_string(), decision: decision.to_string() })
+            .inc();
+    }
+
+    pub fn closed(&self, reason: &str) {
+        self.recordings_closed.get_or_create(&KindLabels { kind: reason.to_string() }).inc();
+    }
+
+    pub fn sink_error(&self, kind: &str) {
+        self.sink_errors.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+    }
+
+    pub fn rejected(&self, kind: &str) {
+        self.rejected.get_or_create(&KindLabels { kind: kind.to_string() }).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("recording");
+        r.register("sessions_active", "Recordings open now", self.sessions_active.clone());
+        r.register("calls_active", "Calls followed by the recording path", self.calls_active.clone());
+        r.register("consent_decisions", "Consent decisions, by method and decision", self.consent_decisions.clone());
+        r.register(
+            "frames_dropped_pre_consent",
+            "Tap frames discarded before recording was permitted (DTMF detection only)",
+            self.frames_dropped_pre_consent.clone(),
+        );
+        r.register("recordings_opened", "Recordings opened by the live path", self.recordings_opened.clone());
+        r.register(
+            "recordings_closed",
+            "Recordings closed by the live path, by reason",
+            self.recordings_closed.clone(),
+        );
+        r.register(
+            "windows_without_transcriber",
+            "Windows released muted because no transcriber was available",
+            self.windows_without_transcriber.clone(),
+        );
+        r.register("sink_errors", "Sink or ledger calls that failed, by kind", self.sink_errors.clone());
+        r.register("rejected", "Recording path inputs refused, by kind", self.rejected.clone());
+    }
+}
+
 /// All of callveil's metrics and the registry that exposes them.
 pub struct Metrics {
     pub registry: Registry,
@@ -320,6 +395,7 @@ pub struct Metrics {
     pub media: MediaMetrics,
     pub vault: VaultMetrics,
     pub redact: RedactMetrics,
+    pub recording: RecordingMetrics,
 }
 
 impl Default for Metrics {
@@ -341,7 +417,9 @@ impl Metrics {
         vault.register(&mut registry);
         let redact = RedactMetrics::default();
         redact.register(&mut registry);
-        Metrics { registry, sip, media, vault, redact }
+        let recording = RecordingMetrics::default();
+        recording.register(&mut registry);
+        Metrics { registry, sip, media, vault, redact, recording }
     }
 
     /// OpenMetrics text exposition.

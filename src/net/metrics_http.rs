@@ -1,5 +1,8 @@
 //! The Prometheus scrape endpoint: `GET /metrics` returns [`Metrics::encode`] as OpenMetrics
-//! text; every other request gets 404.
+//! text. When started with a [`ConsentApi`] it also serves the `api` consent mode's endpoint,
+//! `POST /calls/{call_id}/consent` with body `granted`, `declined` or `revoked`: 202 when the
+//! recording path took the signal, 404 for an unknown call, 400 (with the reason) for a bad
+//! body or call id, 503 when the recording path is not running. Every other request gets 404.
 //!
 //! HTTP/1.1 only, a small cap on concurrent connections and a header read timeout, because the
 //! endpoint may be reachable from more places than the scraper. It serves nothing else (no
@@ -21,11 +24,17 @@ use tokio::task::JoinHandle;
 
 use super::NetError;
 use crate::metrics::Metrics;
+use crate::recording::api::{ApiError, ConsentApi};
+use crate::sip::events::ConsentSignal;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const MAX_CONNECTIONS: usize = 32;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A consent body is one word; anything longer is refused unread.
+const MAX_BODY: usize = 64;
+/// Call-IDs longer than this are not ones callveil handed out.
+const MAX_CALL_ID: usize = 256;
 
 /// A running `/metrics` server.
 pub struct MetricsServer {
@@ -37,13 +46,22 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` (port 0 allowed) and starts serving. Must run inside a Tokio runtime.
     pub async fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<MetricsServer, NetError> {
+        MetricsServer::start_with_api(addr, metrics, None).await
+    }
+
+    /// As [`MetricsServer::start`], also serving `POST /calls/{call_id}/consent` through `api`.
+    pub async fn start_with_api(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        api: Option<ConsentApi>,
+    ) -> Result<MetricsServer, NetError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| NetError::Bind { endpoint: format!("metrics {addr}"), source })?;
         let addr =
             listener.local_addr().map_err(|source| NetError::Bind { endpoint: format!("metrics {addr}"), source })?;
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, metrics, rx));
+        let task = tokio::spawn(accept_loop(listener, metrics, api, rx));
         Ok(MetricsServer { addr, shutdown, task })
     }
 
@@ -58,7 +76,12 @@ impl MetricsServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    api: Option<ConsentApi>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -75,11 +98,13 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown:
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
         let metrics = metrics.clone();
+        let api = api.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(respond(req, &metrics, api.as_ref()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -98,11 +123,54 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown:
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// `call_id` of a `/calls/{call_id}/consent` path (percent-decoding is not needed: Call-IDs
+/// callveil sees are plain tokens; anything else simply matches no call).
+fn consent_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/calls/")?.strip_suffix("/consent").filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn text(status: StatusCode, msg: &str) -> (StatusCode, &'static str, Bytes) {
+    (status, TEXT, Bytes::from(format!("{msg}\n")))
+}
+
+async fn consent(req: Request<Incoming>, api: &ConsentApi) -> (StatusCode, &'static str, Bytes) {
+    use http_body_util::BodyExt;
+    let Some(call_id) = consent_path(req.uri().path()).map(str::to_string) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    if call_id.len() > MAX_CALL_ID {
+        return text(StatusCode::BAD_REQUEST, "call id too long");
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::BAD_REQUEST, "body must be one of: granted, declined, revoked"),
+    };
+    let Ok(word) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "body is not UTF-8; expected granted, declined or revoked");
+    };
+    let Ok(signal) = word.parse::<ConsentSignal>() else {
+        return text(StatusCode::BAD_REQUEST, "body must be one of: granted, declined, revoked");
+    };
+    match api.signal(&call_id, signal).await {
+        Ok(()) => text(StatusCode::ACCEPTED, signal.as_str()),
+        Err(ApiError::UnknownCall) => text(StatusCode::NOT_FOUND, "no such call"),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn respond(req: Request<Incoming>, metrics: &Metrics, api: Option<&ConsentApi>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if req.method() == Method::GET && req.uri().path() == "/metrics" {
         (StatusCode::OK, CONTENT_TYPE, Bytes::from(metrics.encode()))
+    } else if let (Some(api), true) = (api, consent_path(req.uri().path()).is_some()) {
+        if req.method() == Method::POST {
+            consent(req, api).await
+        } else {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST")
+        }
     } else {
-        (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", Bytes::from_static(b"not found\n"))
+        (StatusCode::NOT_FOUND, TEXT, Bytes::from_static(b"not found\n"))
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
