@@ -3,9 +3,13 @@
 //!
 //! One [`Metrics`] registry is built here and handed down; the proxy gets the addresses the
 //! listeners actually bound (port 0 resolved). Media is anchored by [`Anchor`] over the relay
-//! shards of [`MediaDriver`], which are stopped after the SIP driver. This module does not parse configuration, install the tracing
-//! subscriber or handle signals itself: [`run`] takes the shutdown future as a parameter so tests
-//! (and `main`, with [`shutdown_signal`]) decide when to stop.
+//! shards of [`MediaDriver`], which are stopped after the SIP driver. With `recording.enabled`,
+//! the recording path (vault recorder + [`RecordingService`]) is started first: the proxy sends it
+//! call events, it sends the proxy's core task commands (release a held INVITE, open a tap, play
+//! a prompt), and the relay feeds it tap frames; none of these channels can make the live path
+//! wait. This module does not parse configuration, install the tracing subscriber or handle
+//! signals itself: [`run`] takes the shutdown future as a parameter so tests (and `main`, with
+//! [`shutdown_signal`]) decide when to stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
 use crate::net::rtp::{MediaDriver, MediaShutdown};
 use crate::net::{Driver, Listeners, NetConfig};
+use crate::recording::driver::RecordingService;
+use crate::vault::recorder::Recorder;
 use crate::sip::events::{CallCommand, CallEvent};
 use crate::sip::proxy::{Proxy, ProxyConfig};
 
@@ -32,6 +38,7 @@ pub struct Running {
     metrics_server: Option<MetricsServer>,
     metrics: Arc<Metrics>,
     commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
+    recording: Option<RecordingService>,
 }
 
 impl Running {
@@ -65,6 +72,10 @@ impl Running {
             m.stop().await;
         }
         self.driver.stop().await;
+        if let Some(service) = self.recording {
+            // finishes open recordings (bounded by the redaction deadline) off the async workers
+            let _ = tokio::task::spawn_blocking(move || service.stop()).await;
+        }
         if let Some(media) = self.media {
             // joining threads that exit on one wake-up: quick, but off the runtime's workers
             let _ = tokio::task::spawn_blocking(move || media.stop()).await;
@@ -99,21 +110,82 @@ fn media(settings: &Settings, metrics: &Metrics) -> anyhow::Result<(Anchor<Media
     Ok((Anchor::new(Instant::now(), config, driver, metrics.media.clone()), shutdown))
 }
 
-/// Binds and starts everything, then returns. Must run inside a Tokio runtime.
-pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    start_with(settings, None).await
+/// Where the proxy's [`CallEvent`]s go.
+enum Events {
+    /// Nowhere: signaling and media only (recording disabled).
+    None,
+    /// To a caller-supplied channel (tests of the proxy's events).
+    To(std::sync::mpsc::Sender<CallEvent>),
+    /// To callveil's own recording path (consent gate, redaction, vault).
+    Recording,
 }
 
-/// [`start`], with the proxy's [`CallEvent`]s sent to `events` (for the recording path).
+/// Binds and starts everything, then returns. Must run inside a Tokio runtime. With
+/// `recording.enabled` this includes the recording path: the vault (recovering recordings a crash
+/// left open), the Whisper pool and the consent gate, fed by the proxy's call events and the
+/// media taps.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let events = if settings.raw.recording.enabled { Events::Recording } else { Events::None };
+    start_inner(settings, events).await
+}
+
+/// Signaling and media only, with the proxy's [`CallEvent`]s sent to `events` instead of a
+/// recording path (for tests of what the proxy reports).
 pub async fn start_with(
     settings: Settings,
     events: Option<std::sync::mpsc::Sender<CallEvent>>,
 ) -> anyhow::Result<Running> {
-    let metrics = Metrics::new();
+    start_inner(settings, events.map_or(Events::None, Events::To)).await
+}
+
+/// The recording path: the vault's recorder and the service thread that owns the consent gates
+/// and redaction pipelines. Blocking work (opening SQLite, loading the model), so it runs on a
+/// blocking thread.
+async fn recording_path(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    commands: tokio::sync::mpsc::UnboundedSender<CallCommand>,
+) -> anyhow::Result<(RecordingService, std::sync::mpsc::Sender<CallEvent>)> {
+    let settings = settings.clone();
+    let metrics = metrics.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not `spawn_blocking`: the vault runs its own runtime and refuses to start
+    // on a thread that belongs to another one.
+    std::thread::Builder::new()
+        .name("recording-start".into())
+        .spawn(move || {
+            let started = (|| {
+                #[allow(clippy::disallowed_methods)] // the vault's wall clock: a driver, like the relay's
+                let clock: crate::vault::recorder::Clock = Box::new(std::time::SystemTime::now);
+                let (recorder, recovered) = Recorder::from_settings(&settings, metrics.vault.clone(), clock)
+                    .context("opening the recording vault")?;
+                if !recovered.is_empty() {
+                    tracing::warn!(count = recovered.len(), "recordings left open by a crash were finalised as truncated");
+                }
+                RecordingService::start(&settings, &metrics, commands, Box::new(recorder))
+                    .context("starting the recording path")
+            })();
+            let _ = tx.send(started);
+        })
+        .context("starting the recording path")?;
+    rx.await.context("starting the recording path")?
+}
+
+async fn start_inner(settings: Settings, events: Events) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
     let listeners = Listeners::bind(&settings.sip_listen, NetConfig::from_settings(&settings))
         .await
         .context("binding the SIP listeners")?;
     let bound = listeners.endpoints().to_vec();
+    let (commands, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (recording, events) = match events {
+        Events::None => (None, None),
+        Events::To(tx) => (None, Some(tx)),
+        Events::Recording => {
+            let (service, tx) = recording_path(&settings, &metrics, commands.clone()).await?;
+            (Some(service), Some(tx))
+        }
+    };
     let (anchor, media_shutdown) = media(&settings, &metrics)?;
     let tap_opener = anchor.tap_opener();
     let mut proxy =
@@ -121,11 +193,10 @@ pub async fn start_with(
     if let Some(tx) = events {
         proxy.set_events(tx);
     }
-    let (commands, commands_rx) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = Arc::new(metrics);
+    let api = recording.as_ref().map(RecordingService::consent_api);
     // Bound before the SIP driver starts, so a taken metrics port leaves nothing running.
     let metrics_server = match settings.metrics_listen {
-        Some(addr) => match MetricsServer::start(addr, metrics.clone()).await {
+        Some(addr) => match MetricsServer::start_with_api(addr, metrics.clone(), api).await {
             Ok(m) => Some(m),
             Err(e) => {
                 let _ = tokio::task::spawn_blocking(move || media_shutdown.stop()).await;
@@ -141,7 +212,7 @@ pub async fn start_with(
     if let Some(m) = &metrics_server {
         tracing::info!(listen = %m.local_addr(), "metrics at http://{}/metrics", m.local_addr());
     }
-    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics, commands })
+    Ok(Running { driver, media: Some(media_shutdown), tap_opener, metrics_server, metrics, commands, recording })
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly. Returns an error if binding fails or a
