@@ -778,6 +778,103 @@ a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r
         assert_eq!(a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), bad.as_bytes()).unwrap_err().status().0, 488);
     }
 
+    fn offer_with(fmts: &str, proto: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 {proto} {fmts}\r\n{extra}"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn early_answer_picks_the_callers_first_g711_and_telephone_event() {
+        let te = "a=rtpmap:101 telephone-event/8000\r\na=rtcp-mux\r\n";
+        for (fmts, want) in [("8 0 101", 8), ("18 0 8 101", 0)] {
+            let (mut a, _) = anchor(30000, 30099);
+            let to_callee =
+                a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with(fmts, "RTP/AVP", te)).unwrap();
+            let answer = a.early_answer("c1").unwrap();
+            let text = String::from_utf8(answer.clone()).unwrap();
+            let d = sdp::parse(&answer).unwrap();
+            assert_eq!(d.media.len(), 1);
+            let m = &d.media[0];
+            assert_eq!(m.port, 30000, "the caller-facing port: {text}");
+            assert_ne!(m.port, m_port(&to_callee));
+            assert_eq!(m.addr, Some("203.0.113.1".parse().unwrap()));
+            assert_eq!(m.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(), [want, 101], "{text}");
+            assert!(m.rtcp_mux && !m.is_srtp());
+            assert!(text.contains("a=ptime:20\r\n") && text.contains("a=fmtp:101 0-15\r\n"), "{text}");
+            // the shard now knows which codec to play toward the caller
+            assert_eq!(a.backend().open[&StreamKey { call: 1, index: 0 }].remote[0].codec, Some(want));
+            // the callee's real answer later names the same caller-facing port: no re-INVITE
+            let real = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+            assert_eq!(m_port(&real), 30000);
+            assert_eq!(a.ports().in_use(), 2);
+        }
+        // no telephone-event offered: none answered
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("0", "RTP/AVP", "")).unwrap();
+        let d = sdp::parse(&a.early_answer("c1").unwrap()).unwrap();
+        assert_eq!(d.media[0].codecs.iter().map(|c| c.pt).collect::<Vec<_>>(), [0]);
+        assert!(!d.media[0].rtcp_mux);
+    }
+
+    #[test]
+    fn early_answer_to_srtp_uses_our_key_and_keeps_it_for_the_real_answer() {
+        let carrier = "a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let (mut a, _) = anchor(30000, 30099);
+        a.config.srtp[1] = SrtpPolicy::Plain;
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("0 101", "RTP/SAVP", carrier)).unwrap();
+        let early = a.early_answer("c1").unwrap();
+        let text = String::from_utf8(early.clone()).unwrap();
+        assert!(!text.contains("WVNf"), "the carrier's own key is never echoed");
+        let d = sdp::parse(&early).unwrap();
+        assert!(d.media[0].is_srtp());
+        assert_eq!(d.media[0].crypto[0].tag, 3);
+        let ours = SrtpKey::from_crypto(&d.media[0].crypto[0]).unwrap();
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert_eq!(setup.remote[0].srtp_tx, Some(ours), "prompts toward the caller are encrypted with it");
+        let real = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let d = sdp::parse(&real).unwrap();
+        assert_eq!(SrtpKey::from_crypto(&d.media[0].crypto[0]), Some(ours), "one key toward the caller");
+    }
+
+    #[test]
+    fn early_answer_refuses_offers_without_g711_and_unknown_calls() {
+        let (mut a, _) = anchor(30000, 30099);
+        assert_eq!(a.early_answer("nobody").unwrap_err().status().0, 488);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("18 9", "RTP/AVP", "")).unwrap();
+        assert_eq!(a.early_answer("c1").unwrap_err().status().0, 488);
+        // a second m-line callveil cannot answer is refused with port 0, in order
+        let two = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\n";
+        a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), two).unwrap();
+        let d = sdp::parse(&a.early_answer("c2").unwrap()).unwrap();
+        assert_eq!(
+            d.media.iter().map(|m| (m.media.as_str(), m.port)).collect::<Vec<_>>(),
+            [("audio", 30004), ("video", 0)]
+        );
+    }
+
+    #[test]
+    fn media_commands_reach_every_stream_at_once() {
+        let (mut a, _) = anchor(30000, 30099);
+        let rtpmap = "a=rtpmap:101 telephone-event/8000\r\n";
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, rtpmap)).unwrap();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(8);
+        a.control(MediaCommand::OpenTap { call_id: "c1".into(), sink: tx.clone() });
+        a.control(MediaCommand::OpenTap { call_id: "unknown".into(), sink: tx });
+        assert_eq!(a.backend().tapped, vec![(StreamKey { call: 1, index: 0 }, Some(101))], "no tick needed");
+        let pcm: Arc<[i16]> = vec![0i16; 160].into();
+        a.control(MediaCommand::Play { call_id: "c1".into(), leg: Leg::Caller, pcm });
+        a.control(MediaCommand::StopPlay { call_id: "c1".into(), leg: Leg::Caller });
+        a.control(MediaCommand::SecureEntry { call_id: "c1".into(), on: true });
+        a.control(MediaCommand::CloseTap { call_id: "c1".into() });
+        let got: Vec<String> =
+            a.backend().controls.iter().map(|(_, c)| c.split([' ', '(']).next().unwrap().to_string()).collect();
+        assert_eq!(got, ["Play", "StopPlay", "Secure", "Tap"]);
+        assert!(a.backend().controls[3].1.contains("Tap(None)"));
+    }
+
     #[test]
     fn inactive_calls_are_reported_once_by_call_id() {
         let (mut a, t0) = anchor(30000, 30099);

@@ -1086,6 +1086,125 @@ mod tests {
     }
 
     #[test]
+    fn tap_sees_received_packets_before_the_callee_is_known() {
+        use crate::media::tap::{TapEvent, TapFrame};
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[1] = Remote::default(); // IVR: the callee has not even been asked yet
+        let id = c.add_stream(t0, st);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<TapFrame>(8);
+        c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, Some(101), tx)));
+        let s = rtp_sock(id, Leg::Caller);
+        assert_eq!(
+            c.handle_packet(t0, s, addr(CALLER), &rtp(0, 1, 0, 1, &[0xff; 160])),
+            Verdict::Drop(DropReason::NoDestination)
+        );
+        assert_eq!(
+            c.handle_packet(t0, s, addr(CALLER), &rtp(101, 2, 160, 1, &[5, 0x0a, 0, 160])),
+            Verdict::Drop(DropReason::NoDestination)
+        );
+        let got: Vec<TapEvent> = rx.try_iter().map(|f| f.event).collect();
+        assert!(matches!(got[0], TapEvent::Audio { .. }));
+        assert!(matches!(got[1], TapEvent::TelephoneEvent { .. }), "the consent gate gets the caller's key press");
+        // a hijacker is still not tapped
+        c.handle_packet(t0, s, addr("203.0.113.66:1"), &rtp(0, 3, 320, 1, &[0; 160]));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn prompt_playout_is_paced_by_poll_timeout() {
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[0].codec = Some(8);
+        let id = c.add_stream(t0, st);
+        assert!(!c.play(t0, id, Leg::Callee, vec![0i16; 800].into()), "no codec known toward the callee");
+        assert!(c.play(t0, id, Leg::Caller, vec![1000i16; 800].into())); // 100 ms: 5 packets
+        let mut sent = Vec::new();
+        let mut t = t0;
+        while let Some(due) = c.poll_timeout().filter(|d| *d < t0 + Duration::from_millis(500)) {
+            t = t.max(due);
+            c.handle_timeout(t);
+            while let Some((via, to)) = c.poll_transmit(t) {
+                assert_eq!((via, to), (rtp_sock(id, Leg::Caller), addr(CALLER)));
+                sent.push((t, c.rewritten().to_vec()));
+            }
+            if c.poll_timeout() == Some(t) {
+                break;
+            }
+        }
+        assert_eq!(sent.len(), 5);
+        for (i, (at, p)) in sent.iter().enumerate() {
+            assert_eq!(*at, t0 + Duration::from_millis(20 * i as u64));
+            let Ok(Packet::Rtp(h)) = rtp::classify(p) else { panic!("not RTP") };
+            assert_eq!((h.payload_type, h.marker), (8, i == 0));
+            let Ok(Packet::Rtp(first)) = rtp::classify(&sent[0].1) else { panic!() };
+            assert_eq!(h.sequence, first.sequence.wrapping_add(i as u16));
+            assert_eq!(h.timestamp, first.timestamp.wrapping_add(160 * i as u32));
+        }
+        let m = c.metrics.clone();
+        c.flush();
+        assert_eq!(m.played_packets.get(), 5);
+        // a new prompt replaces the old; stop ends it
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        assert!(c.poll_transmit(t).is_some());
+        assert!(c.poll_transmit(t).is_none(), "one playout, not two");
+        c.stop_play(id, Leg::Caller);
+        assert!(c.poll_transmit(t + Duration::from_secs(1)).is_none());
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        c.remove_stream(id);
+        assert!(c.poll_transmit(t + Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn prompts_toward_an_srtp_leg_are_encrypted() {
+        use crate::media::srtp::{Session, SrtpKey};
+        let (mut c, t0) = core();
+        let ours = SrtpKey::generate(false);
+        let mut st = setup(false);
+        st.remote[0].codec = Some(0);
+        st.remote[0].srtp_tx = Some(ours);
+        let id = c.add_stream(t0, st);
+        assert!(c.play(t0, id, Leg::Caller, vec![500i16; 320].into()));
+        let mut rx = Session::new(ours).unwrap();
+        let mut opened = Vec::new();
+        for i in 0..2u64 {
+            let t = t0 + Duration::from_millis(20 * i);
+            assert!(c.poll_transmit(t).is_some());
+            rx.unprotect(false, c.rewritten(), &mut opened).unwrap();
+            let Ok(Packet::Rtp(h)) = rtp::classify(&opened) else { panic!("not RTP") };
+            assert_eq!((h.payload_type, h.payload_end - h.payload_start), (0, 160));
+        }
+    }
+
+    #[test]
+    fn secure_entry_drops_telephone_events_and_off_is_byte_exact() {
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[0].telephone_event = Some(101);
+        let id = c.add_stream(t0, st);
+        let s = rtp_sock(id, Leg::Caller);
+        let speechish: Vec<u8> = (0..160u32).map(|i| (i * 37 % 251) as u8).collect();
+        let ev = rtp(101, 1, 0, 1, &[5, 0x0a, 0, 160]);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Forward { .. }), "off: relayed");
+        let a = rtp(0, 2, 160, 1, &speechish);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &a), Verdict::Forward { .. }));
+        c.set_secure(id, true);
+        assert_eq!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Drop(DropReason::SecureEntry));
+        // the callee's events still reach the caller; only caller → callee is filtered
+        assert!(matches!(c.handle_packet(t0, rtp_sock(id, Leg::Callee), addr(CALLEE), &ev), Verdict::Forward { .. }));
+        // audio without tone passes untouched (the same bytes, not a rewrite)
+        let a = rtp(0, 3, 320, 1, &speechish);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &a), Verdict::Forward { .. }));
+        c.set_secure(id, false);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Forward { .. }));
+        let m = c.metrics.clone();
+        c.flush();
+        assert_eq!(m.dtmf_events_suppressed.get(), 1);
+        assert_eq!(m.dropped.get_or_create(&ReasonLabels { reason: "secure_entry" }).get(), 1);
+    }
+
+    #[test]
     fn removed_streams_free_their_slot() {
         let (mut c, t0) = core();
         let a = c.add_stream(t0, setup(false));
