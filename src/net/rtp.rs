@@ -203,6 +203,8 @@ impl Shard {
             for ev in events.iter() {
                 if ev.token() == WAKE {
                     if !self.commands(now) {
+                        // counts since the last tick would be lost otherwise
+                        self.core.flush();
                         return;
                     }
                 } else {
