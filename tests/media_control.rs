@@ -96,6 +96,7 @@ fn ivr_early_media_prompt_tap_and_secure_entry_on_loopback() {
     }
     assert_eq!(prompt.len(), 50, "one second of audio in 20 ms packets");
     let span = prompt[49].0 - prompt[0].0;
+    eprintln!("50 prompt packets arrived over {span:?}");
     assert!(span > Duration::from_millis(850) && span < Duration::from_millis(1400), "paced over {span:?}");
     let headers: Vec<_> = prompt
         .iter()
