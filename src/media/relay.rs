@@ -1204,6 +1204,35 @@ mod tests {
         assert_eq!(m.dropped.get_or_create(&ReasonLabels { reason: "secure_entry" }).get(), 1);
     }
 
+    proptest::proptest! {
+        /// Hostile packets on a stream with every extra on (tap, prompt, secure entry, SRTP
+        /// toward the callee) are dropped or relayed, never a panic.
+        #[test]
+        fn hostile_packets_with_everything_on(
+            packets in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..400), 1..40)
+        ) {
+            let (mut c, t0) = core();
+            let mut st = setup(false);
+            st.remote[0].codec = Some(0);
+            st.remote[0].telephone_event = Some(101);
+            st.remote[1].srtp_tx = Some(crate::media::srtp::SrtpKey::generate(false));
+            let id = c.add_stream(t0, st);
+            let (tx, _rx) = std::sync::mpsc::sync_channel(4);
+            c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, Some(101), tx)));
+            c.set_secure(id, true);
+            c.play(t0, id, Leg::Caller, vec![100i16; 1000].into());
+            for (i, mut p) in packets.into_iter().enumerate() {
+                if i % 2 == 0 && p.len() >= 12 {
+                    p[0] = 0x80; // mostly valid RTP, so the deeper paths run
+                    p[1] &= 0x7f;
+                }
+                let t = t0 + Duration::from_millis(5 * i as u64);
+                let _ = c.handle_packet(t, rtp_sock(id, Leg::Caller), addr(CALLER), &p);
+                while c.poll_transmit(t).is_some() {}
+            }
+        }
+    }
+
     #[test]
     fn removed_streams_free_their_slot() {
         let (mut c, t0) = core();
