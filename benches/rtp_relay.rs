@@ -1,5 +1,6 @@
 //! The relay core's per-packet cost: the forwarding decision for plain RTP (latched, steady
-//! 50-pps streams spread over many sessions), with the recording tap open, and SRTP → plain. No
+//! 50-pps streams spread over many sessions), with the recording tap open, with secure entry on
+//! (DTMF suppression), and SRTP → plain. No
 //! sockets: this is the CPU the core adds on top of the kernel's send/receive.
 #![allow(clippy::disallowed_methods)] // benches start virtual time from one real instant
 
@@ -87,6 +88,34 @@ fn bench(c: &mut Criterion) {
     drop(core);
     drop(tx);
     let _ = drain.join();
+
+    // secure entry on every stream: decode + in-band tone test per packet (speech-like payload,
+    // so packets pass unchanged, the common case)
+    let (mut core, srcs, _) = core_with_streams(None);
+    for s in 0..STREAMS {
+        core.set_secure(s, true);
+    }
+    let voice: Vec<Vec<u8>> = (0..64u16)
+        .map(|k| {
+            let mut p = packet(k, 7);
+            for (j, b) in p[12..].iter_mut().enumerate() {
+                *b = (j as u32 * 37 + u32::from(k) * 11) as u8 | 0x40;
+            }
+            p
+        })
+        .collect();
+    g.bench_function("forward_plain_secure_entry", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let stream = i % STREAMS;
+            if stream == 0 {
+                now += Duration::from_millis(20);
+            }
+            let sock = Sock { stream, leg: Leg::Caller, rtcp: false };
+            black_box(core.handle_packet(now, sock, srcs[stream], &voice[(i / STREAMS) % 64]))
+        })
+    });
+    drop(core);
 
     let key = SrtpKey::generate(false);
     let (mut core, srcs, t0) = core_with_streams(Some(key));

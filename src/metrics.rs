@@ -176,6 +176,12 @@ pub struct MediaMetrics {
     pub loss_ratio: Histogram,
     /// Per stream and leg at the end of a stream: RFC 3550 interarrival jitter in milliseconds.
     pub jitter_ms: Histogram,
+    /// RTP packets of callveil's own prompts (IVR) sent toward a leg.
+    pub played_packets: Counter,
+    /// Caller telephone-event packets not forwarded to the callee (secure entry).
+    pub dtmf_events_suppressed: Counter,
+    /// Milliseconds of caller audio replaced by silence toward the callee (secure entry).
+    pub tone_suppressed_ms: Counter,
 }
 
 impl Default for MediaMetrics {
@@ -193,6 +199,9 @@ impl Default for MediaMetrics {
             bind_failures: Counter::default(),
             loss_ratio: Histogram::new([0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             jitter_ms: Histogram::new([1.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0]),
+            played_packets: Counter::default(),
+            dtmf_events_suppressed: Counter::default(),
+            tone_suppressed_ms: Counter::default(),
         }
     }
 }
@@ -212,6 +221,17 @@ impl MediaMetrics {
         r.register("bind_failures", "Port pairs that could not be bound", self.bind_failures.clone());
         r.register("loss_ratio", "Per-leg packet loss at stream end", self.loss_ratio.clone());
         r.register("jitter_ms", "Per-leg interarrival jitter at stream end", self.jitter_ms.clone());
+        r.register("played_packets", "Prompt packets callveil sent toward a leg", self.played_packets.clone());
+        r.register(
+            "dtmf_events_suppressed",
+            "Caller telephone-event packets kept from the callee (secure entry)",
+            self.dtmf_events_suppressed.clone(),
+        );
+        r.register(
+            "tone_suppressed_ms",
+            "Caller audio replaced by silence toward the callee (secure entry)",
+            self.tone_suppressed_ms.clone(),
+        );
     }
 
     fn prime(&self) {

@@ -74,10 +74,19 @@ enum State {
     Active { digit: Digit, start: u64, end: u64, misses: u32 },
 }
 
-/// Finds DTMF key presses in one stream of 8 kHz PCM16 audio.
-pub struct InBandDetector {
+/// The single-window test: which digit, if any, one window of audio holds. [`InBandDetector`]
+/// adds timing (minimum duration, pause); secure entry (`media::secure`) uses it alone, per
+/// packet, to silence tones as they arrive. The window may have any length; the thresholds are
+/// tuned for [`WINDOW`] samples.
+#[derive(Clone, Debug)]
+pub struct ToneTest {
     cfg: DetectorConfig,
     coeffs: [f64; 8],
+}
+
+/// Finds DTMF key presses in one stream of 8 kHz PCM16 audio.
+pub struct InBandDetector {
+    test: ToneTest,
     pending: Vec<i16>,
     /// Absolute sample index of `pending[0]`.
     consumed: u64,
@@ -93,13 +102,8 @@ impl Default for InBandDetector {
 
 impl InBandDetector {
     pub fn new(cfg: DetectorConfig) -> Self {
-        let mut coeffs = [0.0; 8];
-        for (c, f) in coeffs.iter_mut().zip(ROWS.iter().chain(COLS.iter())) {
-            *c = 2.0 * (2.0 * PI * f / SAMPLE_RATE as f64).cos();
-        }
         InBandDetector {
-            cfg,
-            coeffs,
+            test: ToneTest::new(cfg),
             pending: Vec::with_capacity(WINDOW + 320),
             consumed: 0,
             state: State::Idle,
@@ -112,7 +116,7 @@ impl InBandDetector {
         self.pending.extend_from_slice(samples);
         let mut at = 0;
         while self.pending.len() - at >= WINDOW {
-            let hit = self.classify(&self.pending[at..at + WINDOW]);
+            let hit = self.test.classify(&self.pending[at..at + WINDOW]);
             let start = self.consumed + at as u64;
             self.step(hit, start);
             at += HOP;
@@ -148,7 +152,7 @@ impl InBandDetector {
                 State::Active { digit, start, end: window_end, misses: 0 }
             }
             (State::Active { digit, start, end, misses }, other) => {
-                if misses + 1 >= self.cfg.misses_to_end {
+                if misses + 1 >= self.test.cfg.misses_to_end {
                     self.emit(digit, start, end);
                     match other {
                         Some(d) => self.candidate(d, window_start, window_end, 1),
@@ -162,7 +166,7 @@ impl InBandDetector {
     }
 
     fn candidate(&self, digit: Digit, start: u64, end: u64, hits: u32) -> State {
-        if hits >= self.cfg.min_hits {
+        if hits >= self.test.cfg.min_hits {
             State::Active { digit, start, end, misses: 0 }
         } else {
             State::Candidate { digit, start, hits }
@@ -181,9 +185,22 @@ impl InBandDetector {
             source: DtmfSource::InBand,
         });
     }
+}
 
-    /// The digit this window holds, if it passes every test.
-    fn classify(&self, window: &[i16]) -> Option<Digit> {
+impl ToneTest {
+    pub fn new(cfg: DetectorConfig) -> ToneTest {
+        let mut coeffs = [0.0; 8];
+        for (c, f) in coeffs.iter_mut().zip(ROWS.iter().chain(COLS.iter())) {
+            *c = 2.0 * (2.0 * PI * f / SAMPLE_RATE as f64).cos();
+        }
+        ToneTest { cfg, coeffs }
+    }
+
+    /// The digit this window holds, if it passes every test. An empty window holds none.
+    pub fn classify(&self, window: &[i16]) -> Option<Digit> {
+        if window.is_empty() {
+            return None;
+        }
         let mut power = [0.0f64; 8];
         for (p, &coeff) in power.iter_mut().zip(self.coeffs.iter()) {
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
@@ -197,7 +214,7 @@ impl InBandDetector {
         let energy: f64 = window.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
         let (row, row_p) = strongest(&power[..4]);
         let (col, col_p) = strongest(&power[4..]);
-        let n = WINDOW as f64;
+        let n = window.len() as f64;
         // A sine of amplitude A exactly on a filter gives power (A·N/2)².
         let min_p = (self.cfg.min_tone_amplitude * n / 2.0).powi(2);
         if row_p < min_p || col_p < min_p {

@@ -20,6 +20,14 @@
 //! m-line is rejected with port 0, because media callveil cannot see cannot be recorded or
 //! redacted and must not flow around it.
 //!
+//! Early media for callveil's own IVR: [`MediaAnchor::early_answer`] answers the caller's pending
+//! offer itself, on the caller-facing ports the offer was already given (so when the callee's
+//! real answer comes later, the caller keeps sending to the same place and no re-INVITE is
+//! needed), choosing the first of PCMU/PCMA the caller offered, telephone-event when offered,
+//! ptime 20, rtcp-mux when offered, and SDES with callveil's key when the offer was SRTP.
+//! [`MediaAnchor::control`] applies the recording path's media commands at once (taps, prompt
+//! playout, secure entry) by sending them to the shard that owns each of the call's streams.
+//!
 //! SRTP (SDES, RFC 4568) is terminated on each leg that uses it: callveil decrypts with the key
 //! in that leg's SDP (so the tap sees plain audio) and encrypts toward it with a key of its own,
 //! written into the SDP sent to that leg; the other leg's key never crosses over. Whether an
@@ -27,18 +35,21 @@
 //! profile its offerer used. An SRTP offer without a supported suite is refused with 488.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::PortRange;
 use crate::media::ports::PortAllocator;
 use crate::media::relay::{leg_index, Remote, StreamSetup};
-use crate::media::sdp::{self, CryptoPlan, MediaDesc, MediaPlan, PortPlan};
+use crate::media::sdp::{self, CryptoPlan, Description, MediaDesc, MediaPlan, PortPlan};
 use crate::media::srtp::SrtpKey;
 use crate::media::tap::TapFrame;
 use crate::metrics::MediaMetrics;
-use crate::sip::sdp::{AnchorError, MediaAnchor, SdpContext, SdpRole};
+use crate::sip::events::MediaCommand;
+use crate::sip::sdp::{AnchorError, Leg, MediaAnchor, SdpContext, SdpRole};
 
 /// Pairs tried when binding fails before the offer is refused.
 pub const BIND_ATTEMPTS: usize = 8;
@@ -65,13 +76,31 @@ pub trait MediaBackend: Send {
     fn close(&mut self, key: StreamKey);
     /// A call the relay found without media, if any is pending.
     fn poll_inactive(&mut self) -> Option<u64>;
-    /// Opens the tap on both legs of a stream, feeding `sink`.
-    fn tap(&mut self, key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8>);
+    /// A media action on one open stream (tap, prompt, secure entry), applied by its shard.
+    fn control(&mut self, key: StreamKey, ctl: StreamControl);
 }
 
-/// Opens recording taps by Call-ID: held by the recording path (the consent gate), which calls
-/// [`TapOpener::open`] at the moment recording becomes permitted. The request reaches the anchor
-/// at its next tick (within a second); audio before that is not tapped, which is the safe side.
+/// What [`MediaBackend::control`] asks of one stream.
+#[derive(Debug)]
+pub enum StreamControl {
+    /// Tap both legs into `sink` (every packet received from now on), or with `None` stop.
+    Tap(Option<(SyncSender<TapFrame>, Option<u8>)>),
+    /// Play 8 kHz PCM16 toward a leg, replacing what plays there.
+    Play {
+        leg: Leg,
+        pcm: Arc<[i16]>,
+    },
+    StopPlay {
+        leg: Leg,
+    },
+    /// Secure entry on or off (caller → callee DTMF suppression).
+    Secure(bool),
+}
+
+/// Opens recording taps by Call-ID from outside the proxy's core task. The request reaches the
+/// anchor at its next tick (within a second); audio before that is not tapped, which is the safe
+/// side. The consent path uses [`MediaCommand::OpenTap`] through the core task instead, which is
+/// applied at once; both end in the same code.
 #[derive(Clone, Debug)]
 pub struct TapOpener {
     tx: mpsc::Sender<(String, SyncSender<TapFrame>)>,
@@ -136,6 +165,8 @@ struct Stream {
 struct CallMedia {
     key: u64,
     streams: Vec<Option<Stream>>,
+    /// The caller's latest offer, for [`MediaAnchor::early_answer`].
+    caller_offer: Option<Description>,
 }
 
 pub struct Anchor<B: MediaBackend> {
@@ -223,15 +254,39 @@ impl<B: MediaBackend> Anchor<B> {
 
     fn remote(md: &MediaDesc) -> Remote {
         let hold = md.on_hold();
+        let codec = first_g711(md);
+        let telephone_event = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
         let Some(ip) = md.addr.filter(|a| !a.is_unspecified()) else {
-            return Remote { rtp: None, rtcp: None, mux: md.rtcp_mux, hold, ..Remote::default() };
+            return Remote {
+                rtp: None,
+                rtcp: None,
+                mux: md.rtcp_mux,
+                hold,
+                codec,
+                telephone_event,
+                ..Remote::default()
+            };
         };
         let rtp = (md.port != 0).then(|| SocketAddr::new(ip, md.port));
         let rtcp = match md.rtcp {
             Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(ip), port)),
             None => md.port.checked_add(1).filter(|_| md.port != 0).map(|p| SocketAddr::new(ip, p)),
         };
-        Remote { rtp, rtcp, mux: md.rtcp_mux, hold, ..Remote::default() }
+        Remote { rtp, rtcp, mux: md.rtcp_mux, hold, codec, telephone_event, ..Remote::default() }
+    }
+
+    /// Sends `ctl` to every stream of the call.
+    fn each_stream(&mut self, call_id: &str, mut ctl: impl FnMut(&Stream) -> StreamControl) {
+        let Some(media) = self.calls.get(call_id) else { return };
+        for (i, s) in media.streams.iter().enumerate() {
+            if let Some(s) = s {
+                self.backend.control(StreamKey { call: media.key, index: i as u8 }, ctl(s));
+            }
+        }
+    }
+
+    fn open_tap(&mut self, call_id: &str, sink: &SyncSender<TapFrame>) {
+        self.each_stream(call_id, |s| StreamControl::Tap(Some((sink.clone(), s.telephone_event))));
     }
 
     fn release_call(&mut self, media: CallMedia) {
@@ -257,7 +312,7 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
             None => {
                 let key = self.next_key;
                 self.next_key += 1;
-                CallMedia { key, streams: Vec::new() }
+                CallMedia { key, streams: Vec::new(), caller_offer: None }
             }
         };
         let mut plan: Vec<MediaPlan> = Vec::with_capacity(desc.media.len());
@@ -323,6 +378,10 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
             s.setup.remote[from] =
                 Remote { srtp_rx: offered.map(|(_, k)| k), srtp_tx: our_tx_from, ..Self::remote(md) };
             s.setup.remote[toward].srtp_tx = toward_srtp.then_some(s.our_keys[toward]);
+            if ctx.role == SdpRole::Answer {
+                // the answer's codec is what both legs now use (the offerer gets this answer)
+                s.setup.remote[toward].codec = s.setup.remote[from].codec.or(s.setup.remote[toward].codec);
+            }
             s.setup.clock_rate = md.codecs.first().map_or(8000, |c| c.clock_rate);
             let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT").map(|c| c.pt);
             s.telephone_event = te.or(s.telephone_event);
@@ -350,6 +409,9 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
                 },
             });
         }
+        if ctx.from == Leg::Caller && ctx.role == SdpRole::Offer && result.is_ok() {
+            media.caller_offer = Some(desc);
+        }
         self.by_key.insert(media.key, ctx.call_id.to_string());
         self.calls.insert(ctx.call_id.to_string(), media);
         self.gauges();
@@ -360,6 +422,69 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
     fn release(&mut self, call_id: &str) {
         if let Some(media) = self.calls.remove(call_id) {
             self.release_call(media);
+        }
+    }
+
+    fn early_answer(&mut self, call_id: &str) -> Result<Vec<u8>, AnchorError> {
+        let media = self.calls.get_mut(call_id).ok_or_else(|| no_offer("no offer seen for this call"))?;
+        let offer = media.caller_offer.as_ref().ok_or_else(|| no_offer("no pending offer from the caller"))?;
+        let adv = self.config.advertise;
+        let ip = if adv.is_ipv4() { "IP4" } else { "IP6" };
+        let mut out = format!(
+            "v=0\r\no=callveil {key} 1 IN {ip} {adv}\r\ns=callveil\r\nc=IN {ip} {adv}\r\nt=0 0\r\n",
+            key = media.key
+        );
+        let mut answered = 0;
+        let mut updates = Vec::new();
+        for (i, md) in offer.media.iter().enumerate() {
+            let stream = media.streams.get_mut(i).and_then(Option::as_mut);
+            let codec = first_g711(md);
+            let (Some(s), Some(pt), "audio", true) = (stream, codec, md.media.as_str(), md.port != 0) else {
+                // every offered m-line gets an answer line; the ones callveil cannot play are refused
+                let fmt = md.codecs.first().map_or_else(|| "*".to_string(), |c| c.pt.to_string());
+                let _ = write!(out, "m={} 0 {} {fmt}\r\n", md.media, md.proto);
+                continue;
+            };
+            let te = md.codecs.iter().find(|c| c.name == "TELEPHONE-EVENT" && c.clock_rate == 8000).map(|c| c.pt);
+            let fmts = te.map_or_else(|| pt.to_string(), |te| format!("{pt} {te}"));
+            let _ = write!(out, "m=audio {} {} {fmts}\r\n", s.ports[0], md.proto);
+            let _ = write!(out, "a=rtpmap:{pt} {}/8000\r\n", if pt == 0 { "PCMU" } else { "PCMA" });
+            if let Some(te) = te {
+                let _ = write!(out, "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n");
+            }
+            out.push_str("a=ptime:20\r\n");
+            if md.rtcp_mux {
+                out.push_str("a=rtcp-mux\r\n");
+            }
+            if md.is_srtp() {
+                // the key callveil announced to nobody else; rewrite() kept its suite matching
+                // the caller's, and uses this same key when the callee's answer comes
+                let _ = write!(out, "a=crypto:{}\r\n", s.our_keys[0].attribute(s.tag[0]));
+                s.setup.remote[0].srtp_tx = Some(s.our_keys[0]);
+            }
+            out.push_str("a=sendrecv\r\n");
+            s.setup.remote[0].codec = Some(pt);
+            updates.push((StreamKey { call: media.key, index: i as u8 }, s.setup));
+            answered += 1;
+        }
+        if answered == 0 {
+            return Err(AnchorError::NotAcceptable("the offer has no G.711 audio callveil can answer".into()));
+        }
+        for (key, setup) in updates {
+            self.backend.update(key, setup);
+        }
+        Ok(out.into_bytes())
+    }
+
+    fn control(&mut self, cmd: MediaCommand) {
+        match cmd {
+            MediaCommand::OpenTap { call_id, sink } => self.open_tap(&call_id, &sink),
+            MediaCommand::CloseTap { call_id } => self.each_stream(&call_id, |_| StreamControl::Tap(None)),
+            MediaCommand::Play { call_id, leg, pcm } => {
+                self.each_stream(&call_id, |_| StreamControl::Play { leg, pcm: pcm.clone() })
+            }
+            MediaCommand::StopPlay { call_id, leg } => self.each_stream(&call_id, |_| StreamControl::StopPlay { leg }),
+            MediaCommand::SecureEntry { call_id, on } => self.each_stream(&call_id, |_| StreamControl::Secure(on)),
         }
     }
 
@@ -375,12 +500,7 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
     fn handle_timeout(&mut self, now: Instant) -> Vec<String> {
         self.now = self.now.max(now);
         while let Ok((call_id, sink)) = self.taps.try_recv() {
-            let Some(media) = self.calls.get(&call_id) else { continue };
-            for (i, s) in media.streams.iter().enumerate() {
-                if let Some(s) = s {
-                    self.backend.tap(StreamKey { call: media.key, index: i as u8 }, sink.clone(), s.telephone_event);
-                }
-            }
+            self.open_tap(&call_id, &sink);
         }
         let mut ended = Vec::new();
         while let Some(key) = self.backend.poll_inactive() {
@@ -398,6 +518,16 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
     }
 }
 
+fn no_offer(why: &str) -> AnchorError {
+    AnchorError::NotAcceptable(why.to_string())
+}
+
+/// The first of PCMU/PCMA in the m-line's order of preference.
+fn first_g711(md: &MediaDesc) -> Option<u8> {
+    // static payload types only: callveil's packets carry PT 0 or 8
+    md.codecs.iter().find(|c| (c.pt == 0 && c.name == "PCMU") || (c.pt == 8 && c.name == "PCMA")).map(|c| c.pt)
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // virtual time starts from one real instant
 mod tests {
@@ -412,6 +542,7 @@ mod tests {
         open: HashMap<StreamKey, StreamSetup>,
         inactive: Vec<u64>,
         tapped: Vec<(StreamKey, Option<u8>)>,
+        controls: Vec<(StreamKey, String)>,
     }
 
     impl MediaBackend for Fake {
@@ -434,8 +565,12 @@ mod tests {
         fn poll_inactive(&mut self) -> Option<u64> {
             self.inactive.pop()
         }
-        fn tap(&mut self, key: StreamKey, _sink: SyncSender<TapFrame>, telephone_event: Option<u8>) {
-            self.tapped.push((key, telephone_event));
+        fn control(&mut self, key: StreamKey, ctl: StreamControl) {
+            if let StreamControl::Tap(Some((_, telephone_event))) = ctl {
+                self.tapped.push((key, telephone_event));
+            } else {
+                self.controls.push((key, format!("{ctl:?}")));
+            }
         }
     }
 
@@ -641,6 +776,103 @@ a=crypto:5 AES_CM_128_HMAC_SHA1_80 {carrier_key}\r\n"
             "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
 a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
         assert_eq!(a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), bad.as_bytes()).unwrap_err().status().0, 488);
+    }
+
+    fn offer_with(fmts: &str, proto: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 {proto} {fmts}\r\n{extra}"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn early_answer_picks_the_callers_first_g711_and_telephone_event() {
+        let te = "a=rtpmap:101 telephone-event/8000\r\na=rtcp-mux\r\n";
+        for (fmts, want) in [("8 0 101", 8), ("18 0 8 101", 0)] {
+            let (mut a, _) = anchor(30000, 30099);
+            let to_callee =
+                a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with(fmts, "RTP/AVP", te)).unwrap();
+            let answer = a.early_answer("c1").unwrap();
+            let text = String::from_utf8(answer.clone()).unwrap();
+            let d = sdp::parse(&answer).unwrap();
+            assert_eq!(d.media.len(), 1);
+            let m = &d.media[0];
+            assert_eq!(m.port, 30000, "the caller-facing port: {text}");
+            assert_ne!(m.port, m_port(&to_callee));
+            assert_eq!(m.addr, Some("203.0.113.1".parse().unwrap()));
+            assert_eq!(m.codecs.iter().map(|c| c.pt).collect::<Vec<_>>(), [want, 101], "{text}");
+            assert!(m.rtcp_mux && !m.is_srtp());
+            assert!(text.contains("a=ptime:20\r\n") && text.contains("a=fmtp:101 0-15\r\n"), "{text}");
+            // the shard now knows which codec to play toward the caller
+            assert_eq!(a.backend().open[&StreamKey { call: 1, index: 0 }].remote[0].codec, Some(want));
+            // the callee's real answer later names the same caller-facing port: no re-INVITE
+            let real = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+            assert_eq!(m_port(&real), 30000);
+            assert_eq!(a.ports().in_use(), 2);
+        }
+        // no telephone-event offered: none answered
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("0", "RTP/AVP", "")).unwrap();
+        let d = sdp::parse(&a.early_answer("c1").unwrap()).unwrap();
+        assert_eq!(d.media[0].codecs.iter().map(|c| c.pt).collect::<Vec<_>>(), [0]);
+        assert!(!d.media[0].rtcp_mux);
+    }
+
+    #[test]
+    fn early_answer_to_srtp_uses_our_key_and_keeps_it_for_the_real_answer() {
+        let carrier = "a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let (mut a, _) = anchor(30000, 30099);
+        a.config.srtp[1] = SrtpPolicy::Plain;
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("0 101", "RTP/SAVP", carrier)).unwrap();
+        let early = a.early_answer("c1").unwrap();
+        let text = String::from_utf8(early.clone()).unwrap();
+        assert!(!text.contains("WVNf"), "the carrier's own key is never echoed");
+        let d = sdp::parse(&early).unwrap();
+        assert!(d.media[0].is_srtp());
+        assert_eq!(d.media[0].crypto[0].tag, 3);
+        let ours = SrtpKey::from_crypto(&d.media[0].crypto[0]).unwrap();
+        let setup = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        assert_eq!(setup.remote[0].srtp_tx, Some(ours), "prompts toward the caller are encrypted with it");
+        let real = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let d = sdp::parse(&real).unwrap();
+        assert_eq!(SrtpKey::from_crypto(&d.media[0].crypto[0]), Some(ours), "one key toward the caller");
+    }
+
+    #[test]
+    fn early_answer_refuses_offers_without_g711_and_unknown_calls() {
+        let (mut a, _) = anchor(30000, 30099);
+        assert_eq!(a.early_answer("nobody").unwrap_err().status().0, 488);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer_with("18 9", "RTP/AVP", "")).unwrap();
+        assert_eq!(a.early_answer("c1").unwrap_err().status().0, 488);
+        // a second m-line callveil cannot answer is refused with port 0, in order
+        let two = b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\n";
+        a.rewrite(ctx("c2", Leg::Caller, SdpRole::Offer), two).unwrap();
+        let d = sdp::parse(&a.early_answer("c2").unwrap()).unwrap();
+        assert_eq!(
+            d.media.iter().map(|m| (m.media.as_str(), m.port)).collect::<Vec<_>>(),
+            [("audio", 30004), ("video", 0)]
+        );
+    }
+
+    #[test]
+    fn media_commands_reach_every_stream_at_once() {
+        let (mut a, _) = anchor(30000, 30099);
+        let rtpmap = "a=rtpmap:101 telephone-event/8000\r\n";
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, rtpmap)).unwrap();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(8);
+        a.control(MediaCommand::OpenTap { call_id: "c1".into(), sink: tx.clone() });
+        a.control(MediaCommand::OpenTap { call_id: "unknown".into(), sink: tx });
+        assert_eq!(a.backend().tapped, vec![(StreamKey { call: 1, index: 0 }, Some(101))], "no tick needed");
+        let pcm: Arc<[i16]> = vec![0i16; 160].into();
+        a.control(MediaCommand::Play { call_id: "c1".into(), leg: Leg::Caller, pcm });
+        a.control(MediaCommand::StopPlay { call_id: "c1".into(), leg: Leg::Caller });
+        a.control(MediaCommand::SecureEntry { call_id: "c1".into(), on: true });
+        a.control(MediaCommand::CloseTap { call_id: "c1".into() });
+        let got: Vec<String> =
+            a.backend().controls.iter().map(|(_, c)| c.split([' ', '(']).next().unwrap().to_string()).collect();
+        assert_eq!(got, ["Play", "StopPlay", "Secure", "Tap"]);
+        assert!(a.backend().controls[3].1.contains("Tap(None)"));
     }
 
     #[test]

@@ -11,9 +11,11 @@
 
 pub mod anchor;
 pub mod g711;
+pub mod playout;
 pub mod ports;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod secure;
 pub mod srtp;
 pub mod tap;

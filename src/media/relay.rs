@@ -18,6 +18,16 @@
 //! over a stream that is already dead, and only until the real source speaks again after
 //! `relatch_after` of its own silence.
 //!
+//! Media callveil adds (see `media::playout`, `media::secure`): [`RelayCore::play`] starts a prompt
+//! toward one leg, sent from the socket facing that leg in the codec negotiated with it;
+//! [`RelayCore::poll_transmit`] hands out packets as they fall due and [`RelayCore::poll_timeout`]
+//! includes their deadlines, so the shard's own poll loop paces them. [`RelayCore::set_secure`]
+//! turns on secure entry: the caller's DTMF (telephone-events and in-band tones) is suppressed
+//! toward the callee as packets pass. The recording tap sees every valid packet the relay
+//! *receives* on a tapped leg, before the forwarding decision and before secure entry, so audio
+//! that cannot be forwarded yet (the callee has not answered while callveil's IVR talks to the
+//! caller) still reaches the consent gate. Streams with none of these on pay one branch each.
+//!
 //! Inactivity: a negotiated stream (both legs have sent SDP) that relays no valid packet (RTP or
 //! RTCP, either direction) for `inactivity` (or `hold_timeout` while either leg has it on hold)
 //! produces [`RelayEvent::Inactive`]; the proxy then ends the call with BYE on both legs if it is
@@ -26,7 +36,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use crate::media::playout::{Law, Playout};
 use crate::media::rtp::{self, Malformed, Packet};
+use crate::media::secure::ToneSuppressor;
 use crate::media::srtp::{self, Session, SrtpKey};
 use crate::media::tap::LegTap;
 use crate::metrics::{DirectionLabels, MediaMetrics, ReasonLabels};
@@ -55,6 +69,10 @@ pub struct Remote {
     pub srtp_rx: Option<SrtpKey>,
     /// The key callveil encrypts with toward this leg (from the SDP callveil sent it).
     pub srtp_tx: Option<SrtpKey>,
+    /// G.711 payload type (0 or 8) negotiated with this leg: what callveil plays toward it.
+    pub codec: Option<u8>,
+    /// RFC 4733 telephone-event payload type in this leg's SDP.
+    pub telephone_event: Option<u8>,
 }
 
 /// What the anchor tells the core about a stream.
@@ -96,10 +114,12 @@ pub enum DropReason {
     SrtpAuth,
     /// Could not encrypt toward an SRTP leg.
     SrtpProtect,
+    /// A caller telephone-event toward the callee while secure entry is on.
+    SecureEntry,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 12] = [
+    const ALL: [DropReason; 13] = [
         DropReason::Malformed(Malformed::TooShort),
         DropReason::Malformed(Malformed::Version),
         DropReason::Malformed(Malformed::Padding),
@@ -112,6 +132,7 @@ impl DropReason {
         DropReason::UnknownStream,
         DropReason::SrtpAuth,
         DropReason::SrtpProtect,
+        DropReason::SecureEntry,
     ];
 
     fn index(self) -> usize {
@@ -128,6 +149,7 @@ impl DropReason {
             DropReason::UnknownStream => 9,
             DropReason::SrtpAuth => 10,
             DropReason::SrtpProtect => 11,
+            DropReason::SecureEntry => 12,
         }
     }
 
@@ -141,6 +163,7 @@ impl DropReason {
             DropReason::UnknownStream => "unknown_stream",
             DropReason::SrtpAuth => "srtp_auth",
             DropReason::SrtpProtect => "srtp_protect",
+            DropReason::SecureEntry => "secure_entry",
         }
     }
 }
@@ -228,6 +251,8 @@ struct LegState {
     tap: Option<LegTap>,
     srtp_rx: Option<Session>,
     srtp_tx: Option<Session>,
+    /// A prompt callveil plays toward this leg.
+    play: Option<Playout>,
 }
 
 impl LegState {
@@ -243,6 +268,7 @@ impl LegState {
             tap: None,
             srtp_rx: remote.srtp_rx.and_then(Session::new),
             srtp_tx: remote.srtp_tx.and_then(Session::new),
+            play: None,
         }
     }
 }
@@ -253,6 +279,8 @@ struct Stream {
     legs: [LegState; 2],
     last_activity: Instant,
     reported: bool,
+    /// Secure entry (caller → callee DTMF suppression), while on.
+    secure: Option<Box<ToneSuppressor>>,
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +290,9 @@ struct Counts {
     drops: [u64; DropReason::ALL.len()],
     tap_frames: u64,
     tap_dropped: u64,
+    played: u64,
+    events_suppressed: u64,
+    tone_muted_samples: u64,
 }
 
 /// One shard's relay state. See the module documentation.
@@ -278,6 +309,8 @@ pub struct RelayCore {
     /// Plain text of an SRTP packet, then what goes out (see [`Verdict::ForwardRewritten`]).
     plain: Vec<u8>,
     out: Vec<u8>,
+    /// Legs with a prompt playing, as (stream, leg index): few, and empty on most shards.
+    playing: Vec<(StreamId, usize)>,
 }
 
 fn admit(
@@ -314,6 +347,7 @@ impl RelayCore {
             metrics,
             plain: Vec::with_capacity(2048),
             out: Vec::with_capacity(2048),
+            playing: Vec::new(),
         }
     }
 
@@ -331,6 +365,7 @@ impl RelayCore {
             legs: [LegState::new(now, setup.remote[0], burst), LegState::new(now, setup.remote[1], burst)],
             last_activity: now,
             reported: false,
+            secure: None,
         };
         self.active += 1;
         self.metrics.sessions_active.inc();
@@ -370,6 +405,7 @@ impl RelayCore {
     /// Removes a stream, recording its final loss and jitter. Returns its statistics.
     pub fn remove_stream(&mut self, id: StreamId) -> Option<[LegStats; 2]> {
         let s = self.streams.get_mut(id)?.take()?;
+        self.playing.retain(|&(p, _)| p != id);
         self.free.push(id);
         self.active -= 1;
         self.metrics.sessions_active.dec();
@@ -388,6 +424,88 @@ impl RelayCore {
         if let Some(Some(s)) = self.streams.get_mut(id) {
             s.legs[leg_index(leg)].tap = tap;
         }
+    }
+
+    /// Plays `pcm` (8 kHz mono PCM16) toward `leg` from the socket facing it, replacing any
+    /// prompt playing there. Returns false (nothing plays) when the stream is unknown or no
+    /// G.711 codec was negotiated with that leg.
+    pub fn play(&mut self, now: Instant, id: StreamId, leg: Leg, pcm: Arc<[i16]>) -> bool {
+        let Some(Some(s)) = self.streams.get_mut(id) else { return false };
+        let l = leg_index(leg);
+        let Some(law) = s.legs[l].remote.codec.and_then(Law::from_pt) else { return false };
+        // Our own SSRC, sequence and timestamp, random (RFC 3550 §5.1): the receiver sees a new
+        // source, never a continuation of the far side's stream.
+        let (ssrc, seq, ts) = rand::random::<(u32, u16, u32)>();
+        s.legs[l].play = Some(Playout::new(now, pcm, law, ssrc, seq, ts));
+        if !self.playing.contains(&(id, l)) {
+            self.playing.push((id, l));
+        }
+        true
+    }
+
+    /// Stops the prompt playing toward `leg`, if any.
+    pub fn stop_play(&mut self, id: StreamId, leg: Leg) {
+        let l = leg_index(leg);
+        if let Some(Some(s)) = self.streams.get_mut(id) {
+            s.legs[l].play = None;
+        }
+        self.playing.retain(|&p| p != (id, l));
+    }
+
+    /// Turns secure entry on or off for a stream (caller → callee DTMF suppression).
+    pub fn set_secure(&mut self, id: StreamId, on: bool) {
+        if let Some(Some(s)) = self.streams.get_mut(id) {
+            if !on {
+                s.secure = None;
+            } else if s.secure.is_none() {
+                s.secure = Some(Box::default());
+            }
+        }
+    }
+
+    /// The next prompt packet due at `now`: send [`RelayCore::rewritten`] from `via` to `to`.
+    /// Call until it returns `None` after every wake-up.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(Sock, SocketAddr)> {
+        let mut i = 0;
+        while i < self.playing.len() {
+            let (id, l) = self.playing[i];
+            let Some(Some(s)) = self.streams.get_mut(id) else {
+                self.playing.swap_remove(i);
+                continue;
+            };
+            let leg = &mut s.legs[l];
+            let Some(play) = leg.play.as_mut() else {
+                self.playing.swap_remove(i);
+                continue;
+            };
+            if !play.poll_packet(now, &mut self.plain) {
+                if play.finished() {
+                    leg.play = None;
+                    self.playing.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+                continue;
+            }
+            let to = leg.rtp.map(|l| l.addr).or(leg.remote.rtp).filter(|a| !a.ip().is_unspecified() && a.port() != 0);
+            let Some(to) = to else {
+                self.counts.drops[DropReason::NoDestination.index()] += 1;
+                continue;
+            };
+            match &mut leg.srtp_tx {
+                Some(session) => {
+                    if session.protect(false, &self.plain, &mut self.out).is_err() {
+                        self.counts.drops[DropReason::SrtpProtect.index()] += 1;
+                        continue;
+                    }
+                }
+                None => std::mem::swap(&mut self.out, &mut self.plain),
+            }
+            self.counts.played += 1;
+            let leg = if l == 0 { Leg::Caller } else { Leg::Callee };
+            return Some((Sock { stream: id, leg, rtcp: false }, to));
+        }
+        None
     }
 
     pub fn stats(&self, id: StreamId, leg: Leg) -> Option<LegStats> {
@@ -501,6 +619,30 @@ impl RelayCore {
             _ => return Verdict::Drop(DropReason::NoDestination),
         };
         let via = Sock { stream: sock.stream, leg: other, rtcp: via_rtcp };
+        // secure entry: the caller's DTMF never reaches the callee (see media::secure)
+        let mut in_plain = decrypted;
+        if let (Some(secure), Packet::Rtp(h), Leg::Caller) = (s.secure.as_deref_mut(), packet, sock.leg) {
+            let te = h.payload_type & 0x7f;
+            if s.setup.remote.iter().any(|r| r.telephone_event == Some(te)) {
+                self.counts.events_suppressed += 1;
+                return Verdict::Drop(DropReason::SecureEntry);
+            }
+            if let Some(law) = Law::from_pt(te) {
+                let payload = clear.get(h.payload_start..h.payload_end).unwrap_or(&[]);
+                if secure.check(law, payload) {
+                    self.counts.tone_muted_samples += payload.len() as u64;
+                    if !decrypted {
+                        self.plain.clear();
+                        self.plain.extend_from_slice(data);
+                    }
+                    if let Some(p) = self.plain.get_mut(h.payload_start..h.payload_end) {
+                        p.fill(law.silence());
+                    }
+                    in_plain = true;
+                }
+            }
+        }
+        let clear: &[u8] = if in_plain { &self.plain } else { data };
         match &mut them.srtp_tx {
             Some(session) => {
                 if session.protect(is_rtcp, clear, &mut self.out).is_err() {
@@ -508,7 +650,7 @@ impl RelayCore {
                 }
                 Verdict::ForwardRewritten { via, to }
             }
-            None if decrypted => {
+            None if in_plain => {
                 std::mem::swap(&mut self.out, &mut self.plain);
                 Verdict::ForwardRewritten { via, to }
             }
@@ -519,7 +661,15 @@ impl RelayCore {
     // ----- time ----------------------------------------------------------------------------
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        let mut next = self.next_tick;
+        for &(id, l) in &self.playing {
+            let due = self.streams.get(id).and_then(Option::as_ref).and_then(|s| s.legs[l].play.as_ref()?.deadline());
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -564,7 +714,12 @@ impl RelayCore {
         }
         self.metrics.tap_frames.inc_by(self.counts.tap_frames);
         self.metrics.tap_dropped.inc_by(self.counts.tap_dropped);
-        self.counts = Counts::default();
+        self.metrics.played_packets.inc_by(self.counts.played);
+        self.metrics.dtmf_events_suppressed.inc_by(self.counts.events_suppressed);
+        // whole milliseconds go out; the remainder waits for the next flush
+        let samples = self.counts.tone_muted_samples;
+        self.metrics.tone_suppressed_ms.inc_by(samples / 8);
+        self.counts = Counts { tone_muted_samples: samples % 8, ..Counts::default() };
     }
 }
 
@@ -928,6 +1083,154 @@ mod tests {
         let v = c.handle_packet(t0, Sock { stream: id, leg: Leg::Caller, rtcp: true }, addr("192.0.2.10:4001"), &srtcp);
         assert!(matches!(v, Verdict::ForwardRewritten { .. }));
         assert_eq!(c.rewritten(), &rtcp_rr(0x77)[..]);
+    }
+
+    #[test]
+    fn tap_sees_received_packets_before_the_callee_is_known() {
+        use crate::media::tap::{TapEvent, TapFrame};
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[1] = Remote::default(); // IVR: the callee has not even been asked yet
+        let id = c.add_stream(t0, st);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<TapFrame>(8);
+        c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, Some(101), tx)));
+        let s = rtp_sock(id, Leg::Caller);
+        assert_eq!(
+            c.handle_packet(t0, s, addr(CALLER), &rtp(0, 1, 0, 1, &[0xff; 160])),
+            Verdict::Drop(DropReason::NoDestination)
+        );
+        assert_eq!(
+            c.handle_packet(t0, s, addr(CALLER), &rtp(101, 2, 160, 1, &[5, 0x0a, 0, 160])),
+            Verdict::Drop(DropReason::NoDestination)
+        );
+        let got: Vec<TapEvent> = rx.try_iter().map(|f| f.event).collect();
+        assert!(matches!(got[0], TapEvent::Audio { .. }));
+        assert!(matches!(got[1], TapEvent::TelephoneEvent { .. }), "the consent gate gets the caller's key press");
+        // a hijacker is still not tapped
+        c.handle_packet(t0, s, addr("203.0.113.66:1"), &rtp(0, 3, 320, 1, &[0; 160]));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn prompt_playout_is_paced_by_poll_timeout() {
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[0].codec = Some(8);
+        let id = c.add_stream(t0, st);
+        assert!(!c.play(t0, id, Leg::Callee, vec![0i16; 800].into()), "no codec known toward the callee");
+        assert!(c.play(t0, id, Leg::Caller, vec![1000i16; 800].into())); // 100 ms: 5 packets
+        let mut sent = Vec::new();
+        let mut t = t0;
+        while let Some(due) = c.poll_timeout().filter(|d| *d < t0 + Duration::from_millis(500)) {
+            t = t.max(due);
+            c.handle_timeout(t);
+            while let Some((via, to)) = c.poll_transmit(t) {
+                assert_eq!((via, to), (rtp_sock(id, Leg::Caller), addr(CALLER)));
+                sent.push((t, c.rewritten().to_vec()));
+            }
+            if c.poll_timeout() == Some(t) {
+                break;
+            }
+        }
+        assert_eq!(sent.len(), 5);
+        for (i, (at, p)) in sent.iter().enumerate() {
+            assert_eq!(*at, t0 + Duration::from_millis(20 * i as u64));
+            let Ok(Packet::Rtp(h)) = rtp::classify(p) else { panic!("not RTP") };
+            assert_eq!((h.payload_type, h.marker), (8, i == 0));
+            let Ok(Packet::Rtp(first)) = rtp::classify(&sent[0].1) else { panic!() };
+            assert_eq!(h.sequence, first.sequence.wrapping_add(i as u16));
+            assert_eq!(h.timestamp, first.timestamp.wrapping_add(160 * i as u32));
+        }
+        let m = c.metrics.clone();
+        c.flush();
+        assert_eq!(m.played_packets.get(), 5);
+        // a new prompt replaces the old; stop ends it
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        assert!(c.poll_transmit(t).is_some());
+        assert!(c.poll_transmit(t).is_none(), "one playout, not two");
+        c.stop_play(id, Leg::Caller);
+        assert!(c.poll_transmit(t + Duration::from_secs(1)).is_none());
+        assert!(c.play(t, id, Leg::Caller, vec![0i16; 8000].into()));
+        c.remove_stream(id);
+        assert!(c.poll_transmit(t + Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn prompts_toward_an_srtp_leg_are_encrypted() {
+        use crate::media::srtp::{Session, SrtpKey};
+        let (mut c, t0) = core();
+        let ours = SrtpKey::generate(false);
+        let mut st = setup(false);
+        st.remote[0].codec = Some(0);
+        st.remote[0].srtp_tx = Some(ours);
+        let id = c.add_stream(t0, st);
+        assert!(c.play(t0, id, Leg::Caller, vec![500i16; 320].into()));
+        let mut rx = Session::new(ours).unwrap();
+        let mut opened = Vec::new();
+        for i in 0..2u64 {
+            let t = t0 + Duration::from_millis(20 * i);
+            assert!(c.poll_transmit(t).is_some());
+            rx.unprotect(false, c.rewritten(), &mut opened).unwrap();
+            let Ok(Packet::Rtp(h)) = rtp::classify(&opened) else { panic!("not RTP") };
+            assert_eq!((h.payload_type, h.payload_end - h.payload_start), (0, 160));
+        }
+    }
+
+    #[test]
+    fn secure_entry_drops_telephone_events_and_off_is_byte_exact() {
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[0].telephone_event = Some(101);
+        let id = c.add_stream(t0, st);
+        let s = rtp_sock(id, Leg::Caller);
+        let speechish: Vec<u8> = (0..160u32).map(|i| (i * 37 % 251) as u8).collect();
+        let ev = rtp(101, 1, 0, 1, &[5, 0x0a, 0, 160]);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Forward { .. }), "off: relayed");
+        let a = rtp(0, 2, 160, 1, &speechish);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &a), Verdict::Forward { .. }));
+        c.set_secure(id, true);
+        assert_eq!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Drop(DropReason::SecureEntry));
+        // the callee's events still reach the caller; only caller → callee is filtered
+        assert!(matches!(c.handle_packet(t0, rtp_sock(id, Leg::Callee), addr(CALLEE), &ev), Verdict::Forward { .. }));
+        // audio without tone passes untouched (the same bytes, not a rewrite)
+        let a = rtp(0, 3, 320, 1, &speechish);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &a), Verdict::Forward { .. }));
+        c.set_secure(id, false);
+        assert!(matches!(c.handle_packet(t0, s, addr(CALLER), &ev), Verdict::Forward { .. }));
+        let m = c.metrics.clone();
+        c.flush();
+        assert_eq!(m.dtmf_events_suppressed.get(), 1);
+        assert_eq!(m.dropped.get_or_create(&ReasonLabels { reason: "secure_entry" }).get(), 1);
+    }
+
+    proptest::proptest! {
+        /// Hostile packets on a stream with every extra on (tap, prompt, secure entry, SRTP
+        /// toward the callee) are dropped or relayed, never a panic.
+        #[test]
+        fn hostile_packets_with_everything_on(
+            packets in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..400), 1..40)
+        ) {
+            let (mut c, t0) = core();
+            let mut st = setup(false);
+            st.remote[0].codec = Some(0);
+            st.remote[0].telephone_event = Some(101);
+            st.remote[1].srtp_tx = Some(crate::media::srtp::SrtpKey::generate(false));
+            let id = c.add_stream(t0, st);
+            let (tx, _rx) = std::sync::mpsc::sync_channel(4);
+            c.set_tap(id, Leg::Caller, Some(LegTap::new(7, 0, Leg::Caller, Some(101), tx)));
+            c.set_secure(id, true);
+            c.play(t0, id, Leg::Caller, vec![100i16; 1000].into());
+            for (i, mut p) in packets.into_iter().enumerate() {
+                if i % 2 == 0 && p.len() >= 12 {
+                    p[0] = 0x80; // mostly valid RTP, so the deeper paths run
+                    p[1] &= 0x7f;
+                }
+                let t = t0 + Duration::from_millis(5 * i as u64);
+                let _ = c.handle_packet(t, rtp_sock(id, Leg::Caller), addr(CALLER), &p);
+                while c.poll_transmit(t).is_some() {}
+            }
+        }
     }
 
     #[test]

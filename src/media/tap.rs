@@ -1,7 +1,10 @@
 //! The recording tap: per call and leg, decoded PCM16 frames with their media time, gap markers
 //! and raw telephone-event packets, handed to the recording path through a bounded queue.
 //!
-//! The relay calls [`LegTap::on_rtp`] for each RTP packet it forwards on a tapped leg. The tap
+//! The relay calls [`LegTap::on_rtp`] for each valid RTP packet it receives on a tapped leg
+//! (latched source, SRTP authenticated), whether or not it can forward it yet: during callveil's
+//! own IVR the callee does not exist, and the consent gate still needs the caller's audio and
+//! key presses. The tap
 //! never waits: it uses `try_send`, and when the queue is full it drops the frame, counts it and
 //! remembers the gap, which it reports (as [`TapEvent::Gap`] with [`GapReason::Overflow`]) ahead
 //! of the next frame that fits. Loss on the wire becomes a [`GapReason::Loss`] gap, so the
@@ -9,8 +12,9 @@
 //! closed). G.711 µ-law/A-law are decoded here; any other codec is reported once as
 //! [`TapEvent::Untranscribable`] and its packets are not passed on.
 //!
-//! A tap exists only once the recording path has opened one for a call (after consent); until
-//! then the relay has nothing to hand over and nothing is buffered anywhere. Media time starts at
+//! A tap exists only once the recording path has opened one for a call; until then the relay
+//! has nothing to hand over and nothing is buffered anywhere. What the recording path may keep
+//! of what it receives (nothing before consent) is its decision, not the tap's. Media time starts at
 //! zero with the leg's first tapped packet and follows RTP timestamps (extended across wrap and
 //! continued across SSRC changes). Decoding allocates one `Vec` per tapped packet: that cost is
 //! only paid on recorded calls and never blocks forwarding.
@@ -163,7 +167,7 @@ impl LegTap {
         }
     }
 
-    /// One RTP packet the relay forwarded on this leg. Returns false when something was dropped
+    /// One RTP packet the relay received on this leg. Returns false when something was dropped
     /// for lack of queue space.
     pub fn on_rtp(&mut self, h: &RtpHeader, payload: &[u8]) -> bool {
         if self.closed {

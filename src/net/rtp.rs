@@ -10,6 +10,11 @@
 //! socket the core names (no copy, no allocation, no lock per packet; the clock is read once per
 //! wake-up). Calls the core finds inactive are sent back to the anchor on a channel it polls.
 //!
+//! Prompt playout is paced by the same loop: the core's `poll_timeout` includes the next prompt
+//! packet's deadline, and after every wake-up the shard sends what `poll_transmit` hands out, so
+//! IVR audio needs no thread or timer of its own. Media commands (taps, prompts, secure entry)
+//! arrive on the command channel and take effect at the shard's next wake-up, at once.
+//!
 //! Receive batching (`recvmmsg`) is not used: with one socket per 50-pps stream the kernel has
 //! about one datagram ready per socket per wake-up (FACTS.md §5), so a batch would hold one
 //! packet. The driver does not parse packets or log addresses (they are personal data).
@@ -18,7 +23,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -26,9 +31,9 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::media::anchor::{MediaBackend, StreamKey};
+use crate::media::anchor::{MediaBackend, StreamControl, StreamKey};
 use crate::media::relay::{leg_index, RelayConfig, RelayCore, RelayEvent, Sock, StreamId, StreamSetup, Verdict};
-use crate::media::tap::{LegTap, TapFrame};
+use crate::media::tap::LegTap;
 use crate::metrics::{MediaMetrics, ReasonLabels};
 use crate::sip::sdp::Leg;
 
@@ -47,7 +52,7 @@ enum Command {
     Open { key: StreamKey, pairs: [Pair; 2], setup: StreamSetup },
     Update { key: StreamKey, setup: StreamSetup },
     Close { key: StreamKey },
-    Tap { key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8> },
+    Control { key: StreamKey, ctl: StreamControl },
     Stop,
 }
 
@@ -156,8 +161,8 @@ impl MediaBackend for MediaDriver {
         self.inactive.try_recv().ok()
     }
 
-    fn tap(&mut self, key: StreamKey, sink: SyncSender<TapFrame>, telephone_event: Option<u8>) {
-        self.shard(key).send(Command::Tap { key, sink, telephone_event });
+    fn control(&mut self, key: StreamKey, ctl: StreamControl) {
+        self.shard(key).send(Command::Control { key, ctl });
     }
 }
 
@@ -198,6 +203,8 @@ impl Shard {
             for ev in events.iter() {
                 if ev.token() == WAKE {
                     if !self.commands(now) {
+                        // counts since the last tick would be lost otherwise
+                        self.core.flush();
                         return;
                     }
                 } else {
@@ -210,6 +217,7 @@ impl Shard {
                     let _ = self.inactive.send(call);
                 }
             }
+            self.transmit(now);
         }
     }
 
@@ -241,6 +249,19 @@ impl Shard {
         }
     }
 
+    /// Sends the prompt packets that are due.
+    fn transmit(&mut self, now: Instant) {
+        while let Some((via, to)) = self.core.poll_transmit(now) {
+            let sent = match self.sockets.get(token_of(via)) {
+                Some(Some(out)) => out.send_to(self.core.rewritten(), to).map(|_| ()),
+                _ => Err(io::ErrorKind::NotFound.into()),
+            };
+            if sent.is_err() {
+                self.metrics.dropped.get_or_create(&ReasonLabels { reason: "send_failed" }).inc();
+            }
+        }
+    }
+
     /// Applies queued commands. Returns false on Stop.
     fn commands(&mut self, now: Instant) -> bool {
         while let Ok(cmd) = self.rx.try_recv() {
@@ -252,12 +273,24 @@ impl Shard {
                         self.core.update_stream(now, id, setup);
                     }
                 }
-                Command::Tap { key, sink, telephone_event } => {
-                    if let Some(&id) = self.streams.get(&key) {
-                        for leg in [Leg::Caller, Leg::Callee] {
-                            let tap = LegTap::new(key.call, key.index, leg, telephone_event, sink.clone());
-                            self.core.set_tap(id, leg, Some(tap));
+                Command::Control { key, ctl } => {
+                    let Some(&id) = self.streams.get(&key) else { continue };
+                    match ctl {
+                        StreamControl::Tap(tap) => {
+                            for leg in [Leg::Caller, Leg::Callee] {
+                                let tap = tap
+                                    .as_ref()
+                                    .map(|(sink, te)| LegTap::new(key.call, key.index, leg, *te, sink.clone()));
+                                self.core.set_tap(id, leg, tap);
+                            }
                         }
+                        StreamControl::Play { leg, pcm } => {
+                            if !self.core.play(now, id, leg, pcm) {
+                                tracing::debug!(%leg, "prompt not played: no G.711 codec negotiated with the leg");
+                            }
+                        }
+                        StreamControl::StopPlay { leg } => self.core.stop_play(id, leg),
+                        StreamControl::Secure(on) => self.core.set_secure(id, on),
                     }
                 }
                 Command::Close { key } => {

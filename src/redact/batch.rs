@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::dtmf::goertzel::InBandDetector;
 use crate::metrics::RedactMetrics;
 use crate::pii::Pii;
-use crate::redact::dtmf_tone::ToneFinder;
 use crate::redact::pipeline::{Frame, Output, Pipeline, PipelineConfig};
 use crate::transcribe::pool::Pool;
 use crate::vault::sink::{
@@ -68,8 +68,8 @@ pub fn run(
     let frames = channels.iter().map(Vec::len).max().unwrap_or(0);
     stats.audio_ms = frames as u64 * 1000 / rate as u64;
     // Keypad tones in the recording are masked as DTMF spans (the live path gets them from the
-    // tap's DTMF events instead).
-    let mut tones: Vec<_> = channels.iter().map(|_| ToneFinder::new(rate)).collect();
+    // tap's DTMF events instead), found by the same in-band detector as live audio.
+    let mut tones: Vec<_> = channels.iter().map(|_| Tones::new(rate)).collect();
     let mut at = 0;
     while at < frames {
         for (c, pcm) in channels.iter().enumerate() {
@@ -81,7 +81,8 @@ pub fn run(
                     sample_rate: rate,
                     samples: &pcm[at..end],
                 };
-                for (s, e) in tones[c].push(f.samples) {
+                tones[c].push(f.samples);
+                while let Some((s, e)) = tones[c].poll() {
                     p.dtmf(c as u8, s, e);
                 }
                 // A refused frame is counted by the pipeline and becomes a muted gap.
@@ -92,7 +93,8 @@ pub fn run(
         pump(&mut p, pool, &mut q, &mut stats, sink, &id, false)?;
     }
     for (c, t) in tones.iter_mut().enumerate() {
-        if let Some((s, e)) = t.finish() {
+        t.det.flush();
+        while let Some((s, e)) = t.poll() {
             p.dtmf(c as u8, s, e);
         }
     }
@@ -110,6 +112,38 @@ pub fn run(
     stats.jobs = p.stats().jobs;
     sink.close(&id, CloseReason::Completed)?;
     Ok(stats)
+}
+
+/// One channel's keypad tones: [`InBandDetector`] runs at 8 kHz, so 16 kHz input is averaged in
+/// pairs first (a low-pass well above the highest DTMF frequency, 1633 Hz) and decimated. Only the
+/// span of each key press is used; the digit is dropped here and never stored.
+struct Tones {
+    det: InBandDetector,
+    factor: usize,
+    down: Vec<i16>,
+}
+
+impl Tones {
+    fn new(rate: u32) -> Tones {
+        Tones { det: InBandDetector::default(), factor: (rate / 8000).max(1) as usize, down: Vec::new() }
+    }
+
+    fn push(&mut self, samples: &[i16]) {
+        if self.factor == 1 {
+            self.det.push(samples);
+            return;
+        }
+        self.down.clear();
+        let n = self.factor as i32;
+        self.down
+            .extend(samples.chunks(self.factor).map(|c| (c.iter().map(|&x| i32::from(x)).sum::<i32>() / n) as i16));
+        self.det.push(&self.down);
+    }
+
+    /// The next finished key press as (start, end) in milliseconds.
+    fn poll(&mut self) -> Option<(u64, u64)> {
+        self.det.poll_event().map(|e| (e.start_ms, e.end_ms))
+    }
 }
 
 fn pump(
@@ -221,5 +255,47 @@ impl RecordingSink for MemorySink {
     fn close(&mut self, _id: &RecordingId, reason: CloseReason) -> Result<(), SinkError> {
         self.closed = Some(reason);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digit 5 (770 + 1336 Hz) for `ms` after `lead_ms` of silence, at `rate`.
+    fn key_press(rate: u32, lead_ms: usize, ms: usize) -> Vec<i16> {
+        let per_ms = rate as usize / 1000;
+        let mut pcm = vec![0i16; lead_ms * per_ms];
+        pcm.extend((0..ms * per_ms).map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let tau = std::f64::consts::TAU;
+            (4000.0 * (tau * 770.0 * t).sin() + 4000.0 * (tau * 1336.0 * t).sin()) as i16
+        }));
+        pcm.extend(vec![0i16; 200 * per_ms]);
+        pcm
+    }
+
+    #[test]
+    fn keypad_tones_are_found_at_8_and_16_khz() {
+        for rate in [8000, 16000] {
+            let pcm = key_press(rate, 300, 120);
+            let mut t = Tones::new(rate);
+            let mut spans = Vec::new();
+            for frame in pcm.chunks(rate as usize / 50) {
+                t.push(frame);
+                spans.extend(std::iter::from_fn(|| t.poll()));
+            }
+            t.det.flush();
+            spans.extend(std::iter::from_fn(|| t.poll()));
+            assert_eq!(spans.len(), 1, "{rate} Hz: {spans:?}");
+            let (s, e) = spans[0];
+            assert!((280..=300).contains(&s) && (420..=440).contains(&e), "{rate} Hz: {s}..{e}");
+        }
+        // speech-free noise gives nothing
+        let mut t = Tones::new(8000);
+        let noise: Vec<i16> = (0..16000u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 20) as i16) - 2048).collect();
+        t.push(&noise);
+        t.det.flush();
+        assert!(t.poll().is_none());
     }
 }

@@ -12,7 +12,6 @@
 pub mod batch;
 pub mod checks;
 pub mod detect;
-pub mod dtmf_tone;
 pub mod mask;
 pub mod normalize;
 pub mod pipeline;
