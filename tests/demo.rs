@@ -3,8 +3,8 @@
 //! `user_agents_carry_a_call_through_callveil` runs the carrier and PBX user agents through a
 //! real in-process callveil (consent `not_required`) and requires the SIP call to complete and the
 //! caller's and agent's audio to arrive byte-exact through callveil's relay. The end-to-end
-//! `callveil demo` test needs the recording path (IVR, tap, redaction, vault) and is ignored
-//! until that lands.
+//! `callveil demo` test runs the binary itself: IVR consent, tap, redaction and vault, and its own
+//! check of the stored transcript and audio.
 #![allow(clippy::disallowed_methods)] // a real proxy runs on real time
 
 use std::path::Path;
@@ -98,7 +98,6 @@ fn demo_inputs_present() -> bool {
 }
 
 #[test]
-#[ignore = "needs the recording path (merge pending)"]
 fn demo_stores_a_redacted_call() {
     assert!(demo_inputs_present(), "model, demo audio and prompts are needed (make demo sets them up)");
     let storage = tempfile::tempdir().unwrap();
@@ -114,6 +113,8 @@ fn demo_stores_a_redacted_call() {
     assert!(stdout.contains("[PAN]"), "the stored transcript shows the card number redacted:\n{stdout}");
     assert!(!stdout.contains("4111 1111") && !stdout.contains("41111111"), "no card number printed");
     assert!(stdout.contains("recordings --config"), "the export command is printed");
+    assert!(stdout.contains("IVR prompt:"), "callveil's IVR asked:\n{stdout}");
+    assert!(stdout.contains("basis: consent (ledger cl-"), "recorded on the caller's consent:\n{stdout}");
 }
 
 #[test]

@@ -304,11 +304,7 @@ mod scenario_checks {
 /// An IVR (consent) route on the in-process app: the SIPp caller gets a 183 whose SDP names
 /// callveil's media port, the SIPp callee sees nothing while the INVITE is held, and the call
 /// completes normally once `Release` goes through `Running::call_commands()`.
-///
-/// Needs `Anchor::early_answer` (the media side of issue 4, another branch): without it the
-/// proxy forwards at once (`held: false`, fail closed) and this test fails on its first check.
 #[test]
-#[ignore = "needs media::anchor::Anchor::early_answer (media branch); run with --ignored after the merge"]
 fn ivr_hold_until_release() {
     use callveil::sip::events::{CallCommand, CallEvent};
 
