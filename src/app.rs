@@ -26,9 +26,9 @@ use crate::net::metrics_http::MetricsServer;
 use crate::net::rtp::{MediaDriver, MediaShutdown};
 use crate::net::{Driver, Listeners, NetConfig};
 use crate::recording::driver::RecordingService;
-use crate::vault::recorder::Recorder;
 use crate::sip::events::{CallCommand, CallEvent};
 use crate::sip::proxy::{Proxy, ProxyConfig};
+use crate::vault::recorder::Recorder;
 
 /// A started callveil: SIP drivers and the metrics endpoint are serving.
 pub struct Running {
@@ -160,7 +160,10 @@ async fn recording_path(
                 let (recorder, recovered) = Recorder::from_settings(&settings, metrics.vault.clone(), clock)
                     .context("opening the recording vault")?;
                 if !recovered.is_empty() {
-                    tracing::warn!(count = recovered.len(), "recordings left open by a crash were finalised as truncated");
+                    tracing::warn!(
+                        count = recovered.len(),
+                        "recordings left open by a crash were finalised as truncated"
+                    );
                 }
                 RecordingService::start(&settings, &metrics, commands, Box::new(recorder))
                     .context("starting the recording path")
