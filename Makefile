@@ -27,6 +27,7 @@ test: setup
 	scripts/make-prompts   # IVR consent prompts (var/prompts/{en,es,pt}.wav)
 	scripts/provision-model tiny.en >/dev/null   # the real-model tests (redact_cli, demo)
 	scripts/make-demo-audio   # the caller's and agent's voices for tests/demo.rs
+	scripts/make-corpus   # the redaction corpus (testdata/redaction/corpus) for tests/recording_path.rs
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets --no-run

@@ -13,12 +13,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callveil");
 
-const PORT0_CONFIG: &str = r#"
-[sip]
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-[metrics]
-listen = "127.0.0.1:0"
-"#;
+/// Ephemeral ports, and the vault (recording is on by default) in `storage` with a key file
+/// created on first use, so the test needs nothing from the checkout's var/.
+fn port0_config(storage: &Path) -> String {
+    format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [storage]\ndir = \"{d}\"\n[vault]\nkey_file = \"{d}/vault.keys\"\ncreate_keys = true\n",
+        d = storage.display()
+    )
+}
 
 #[test]
 fn bad_config_exits_64_and_names_the_key() {
@@ -99,7 +102,7 @@ fn wait_exit(child: &mut Child) -> Option<i32> {
 fn run_serves_until_sigterm_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("callveil.toml");
-    std::fs::write(&path, PORT0_CONFIG).unwrap();
+    std::fs::write(&path, port0_config(dir.path())).unwrap();
     let mut child = Command::new(BIN)
         .arg("run")
         .arg("--config")
@@ -112,6 +115,20 @@ fn run_serves_until_sigterm_and_exits_0() {
     wait_for_line(&lines, "metrics at");
     terminate(&child);
     assert_eq!(wait_exit(&mut child), Some(0));
+}
+
+#[test]
+fn run_without_vault_keys_fails_and_says_how_to_create_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callveil.toml");
+    let config = port0_config(dir.path()).replace("create_keys = true", "create_keys = false");
+    std::fs::write(&path, config).unwrap();
+    let out =
+        Command::new(BIN).arg("run").arg("--config").arg(&path).env_remove("CALLVEIL_VAULT_KEYS").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vault.keys") && stderr.contains("callveil keys init"), "stderr: {stderr}");
+    assert!(!dir.path().join("vault.keys").exists(), "a key file must not appear unasked");
 }
 
 #[test]
@@ -145,7 +162,8 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn app_start_serves_metrics() {
-    let running = callveil::app::start(Settings::from_toml(PORT0_CONFIG).unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = callveil::app::start(Settings::from_toml(&port0_config(dir.path())).unwrap()).await.unwrap();
     assert!(running.sip_endpoints().iter().all(|e| e.addr.port() != 0), "{:?}", running.sip_endpoints());
     let addr = running.metrics_addr().unwrap();
 

@@ -25,7 +25,7 @@ fn free_port() -> u16 {
     loop {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = s.local_addr().unwrap().port();
-        if p % 2 == 0 && p < 65000 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p.is_multiple_of(2) && p < 65000 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
             return p;
         }
     }
@@ -63,7 +63,7 @@ async fn setup(ports: &str, inactivity_s: u64, uas_xml: &str, extra: &[String]) 
     let toml = format!(
         "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n[[sip.routes]]\nmatch_user = \".*\"\nupstream = [\"udp:127.0.0.1:{uas_port}\"]\n\
          [media]\nports = \"{ports}\"\ninactivity_timeout_s = {inactivity_s}\nquarantine_s = 1\nshards = 2\n\
-         [metrics]\nlisten = \"\"\n"
+         [recording]\nenabled = false\n[metrics]\nlisten = \"\"\n"
     );
     let running = app::start(Settings::from_toml(&toml).unwrap()).await.unwrap();
     let mut args = vec!["-sf".to_string(), scenario(uas_xml), "-p".into(), uas_port.to_string()];

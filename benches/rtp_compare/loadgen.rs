@@ -232,7 +232,7 @@ fn main() {
                             let now = epoch.elapsed().as_nanos() as u64;
                             let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap());
                             got += 1;
-                            if got % 4 == 0 {
+                            if got.is_multiple_of(4) {
                                 lat.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
                             }
                         }

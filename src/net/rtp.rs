@@ -182,7 +182,7 @@ fn token_of(s: Sock) -> usize {
 }
 
 fn sock(token: usize) -> Sock {
-    let leg = if (token / 2) % 2 == 0 { Leg::Caller } else { Leg::Callee };
+    let leg = if (token / 2).is_multiple_of(2) { Leg::Caller } else { Leg::Callee };
     Sock { stream: token / 4, leg, rtcp: token % 2 == 1 }
 }
 

@@ -394,6 +394,10 @@ impl Keyring {
                 write_secret_file(path, text.as_bytes(), false).map_err(|e| err(format!("cannot create: {e}")))?;
                 Keyring::parse(&text, &shown)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err(format!(
+                "cannot read: {e}; create it with `callveil keys init` (or set vault.create_keys = true, \
+                 or put the keys in {KEYS_ENV})"
+            ))),
             Err(e) => Err(err(format!("cannot read: {e}"))),
         }
     }

@@ -71,6 +71,11 @@ pub enum VaultError {
     Config(#[from] ConfigError),
     #[error("the vault is synchronous and must not be called from inside an async runtime")]
     InsideAsyncRuntime,
+    #[error(
+        "another process is recording into {dir} (it holds {dir}/recorder.lock); \
+         two recorders on one vault would finalise each other's live recordings as truncated"
+    )]
+    InUse { dir: String },
 }
 
 /// Everything needed to open a vault.

@@ -53,6 +53,26 @@ pub struct Recorder {
     vault: Vault,
     clock: Clock,
     open: HashMap<RecordingId, OpenRecording>,
+    /// Exclusive advisory lock on `recorder.lock` in the vault directory, held for the
+    /// recorder's life (the OS drops it when the process dies, even by `kill -9`).
+    _writer_lock: std::fs::File,
+}
+
+/// Name of the lock file that makes a recorder the vault's only writer.
+pub const WRITER_LOCK: &str = "recorder.lock";
+
+/// Takes the writer lock of the vault in `dir`, or says who holds it. Readers (the QA command
+/// line, erasure, the sweep) do not take it: SQLite and the blob store serialise those; only
+/// crash recovery must never run beside a live recorder.
+fn take_writer_lock(dir: &std::path::Path) -> Result<std::fs::File, VaultError> {
+    let path = dir.join(WRITER_LOCK);
+    let io = |source| VaultError::Io { path: path.display().to_string(), source };
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(VaultError::InUse { dir: dir.display().to_string() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 fn backend(e: VaultError) -> SinkError {
@@ -92,11 +112,14 @@ impl Recorder {
         Recorder::start(vault, clock)
     }
 
-    /// Takes over `vault` as its only writer: first finalises recordings a crash left open.
+    /// Takes over `vault` as its only writer (refused with [`VaultError::InUse`] while another
+    /// recorder, in this process or another, holds it): first finalises recordings a crash left
+    /// open.
     /// Returns the recorder and the ids it recovered.
     pub fn start(vault: Vault, mut clock: Clock) -> Result<(Recorder, Vec<String>), VaultError> {
+        let lock = take_writer_lock(vault.dir())?;
         let recovered = vault.recover(clock())?;
-        Ok((Recorder { vault, clock, open: HashMap::new() }, recovered))
+        Ok((Recorder { vault, clock, open: HashMap::new(), _writer_lock: lock }, recovered))
     }
 
     pub fn vault(&self) -> &Vault {

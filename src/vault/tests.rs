@@ -663,3 +663,25 @@ fn consent_records_that_blur_the_basis_are_refused() {
     let rows = rec.vault().consent_records(&ConsentQuery::All).unwrap();
     assert_eq!((rows[0].id.clone(), rows[0].subject_hash.clone()), (anon, None));
 }
+
+#[test]
+fn a_second_recorder_on_the_same_vault_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = recorder(dir.path(), 200);
+    let id = first.open(meta("+34600000001", "sales", None)).unwrap();
+    write_frames(&mut first, &id, 0, 20);
+
+    // A second process (or a second `run`/`demo` on the same storage) must not start: its crash
+    // recovery would finalise the live recording as truncated.
+    let err = Recorder::start(Vault::open(options(dir.path(), 200)).unwrap(), Box::new(|| t(700))).err().unwrap();
+    assert!(matches!(err, VaultError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("recorder.lock"), "{err}");
+    assert_eq!(first.vault().get(&id.0).unwrap().state, RecordingState::Recording);
+
+    // Readers are not blocked.
+    assert!(!Vault::open(options(dir.path(), 200)).unwrap().list(&Default::default()).unwrap().is_empty());
+
+    drop(first);
+    let (_, recovered) = Recorder::start(Vault::open(options(dir.path(), 200)).unwrap(), Box::new(|| t(800))).unwrap();
+    assert_eq!(recovered, vec![id.0]);
+}
