@@ -31,6 +31,7 @@ struct Store {
     spans: Vec<RedactionSpan>,
     closed: Vec<CloseReason>,
     ledger: Vec<(Decision, Method, String)>,
+    classes: Vec<(RecordingId, String)>,
 }
 
 impl RecordingSink for Store {
@@ -57,6 +58,11 @@ impl RecordingSink for Store {
     fn close(&mut self, _: &RecordingId, r: CloseReason) -> Result<(), SinkError> {
         self.ops.push("close");
         self.closed.push(r);
+        Ok(())
+    }
+    fn retention_class(&mut self, id: &RecordingId, class: &str) -> Result<(), SinkError> {
+        self.ops.push("class");
+        self.classes.push((id.clone(), class.to_string()));
         Ok(())
     }
 }
@@ -293,6 +299,22 @@ fn revoke_closes_revoked_with_purge_at_once() {
     h.audio(Leg::Caller, 2000, 3000, sine(440.0, 3000.0));
     h.end(3000);
     assert_eq!(h.store.ops.len(), n);
+}
+
+#[test]
+fn retention_class_before_the_recording_is_used_at_open_and_after_it_moves_the_recording() {
+    let mut h = H::new("header");
+    h.start(0, false);
+    let class = |c: &str| CallEvent::RetentionClass { call_id: CALL.into(), class: c.into() };
+    h.event(100, class("complaint"));
+    h.event(500, CallEvent::Consent { call_id: CALL.into(), signal: ConsentSignal::Granted });
+    assert_eq!(h.store.opened[0].retention_class.as_deref(), Some("complaint"));
+    assert!(h.store.classes.is_empty(), "nothing to move before the recording exists");
+    h.audio(Leg::Caller, 0, 1000, sine(440.0, 3000.0));
+    h.event(1000, class("fraud"));
+    assert_eq!(h.store.classes, [(RecordingId("rec-1".into()), "fraud".to_string())]);
+    h.end(2000);
+    assert_eq!(h.store.closed.len(), 1);
 }
 
 #[test]

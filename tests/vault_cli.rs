@@ -126,6 +126,12 @@ fn list_show_tag_hold_erase() {
     assert!(out.contains("tags complaint"), "{out}");
     env.fails(&["recordings", "tag", &a, "bad tag!"], 1, "invalid tag");
 
+    let moved = env.ok(&["recordings", "class", &b, "standard"]);
+    assert!(moved.contains("class standard"), "{moved}");
+    let short = env.ok(&["recordings", "list", "--class", "short"]);
+    assert!(!short.contains(&b), "{short}");
+    env.fails(&["recordings", "class", &b, "forever"], 1, "no retention class `forever`");
+
     env.ok(&["recordings", "hold", &a, "on"]);
     env.fails(&["recordings", "erase", "--id", &a], 1, "legal hold");
     env.ok(&["recordings", "hold", &a, "off"]);

@@ -69,6 +69,8 @@ pub enum RecordingsCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Move a recording into another retention class (its expiry is recomputed from its start).
+    Class { id: String, class: String },
     /// Erase for good: one recording, or every recording of a caller number.
     #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "subject"])))]
     Erase {
@@ -272,6 +274,11 @@ pub fn execute(
             let on = state == "on";
             vault.set_hold(id, on, actor, now)?;
             writeln!(out, "{id}: legal hold {}", if on { "on" } else { "off" })?;
+        }
+        RecordingsCommand::Class { id, class } => {
+            vault.set_class(id, class, actor, now)?;
+            let row = vault.get(id)?;
+            writeln!(out, "{id}: class {} (expires {})", row.retention_class, format_time(row.expires_at_ms))?;
         }
         RecordingsCommand::Erase { id: Some(id), .. } => {
             vault.erase(id, "erasure_request", actor, now)?;

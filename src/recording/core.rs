@@ -29,7 +29,7 @@ use crate::redact::pipeline::{Job, JobId, PipelineConfig};
 use crate::sip::events::{CallCommand, CallEvent, ConsentSignal, MediaCommand};
 use crate::sip::sdp::Leg;
 use crate::transcribe::{TranscribeError, Word};
-use crate::vault::sink::{CloseReason, LawfulBasis, Party, RecordingMeta, RecordingSink, SinkError};
+use crate::vault::sink::{CloseReason, LawfulBasis, Party, RecordingId, RecordingMeta, RecordingSink, SinkError};
 
 /// One consent decision for the ledger (what `Action::Ledger` asks to be kept as proof).
 #[derive(Clone, Debug)]
@@ -222,8 +222,14 @@ impl RecordingPath {
             }
             CallEvent::RetentionClass { call_id, class } => {
                 if let Some(c) = self.calls.get_mut(&call_id) {
-                    // Applies to a recording opened after it; the vault's own rules decide
-                    // otherwise (the sink has no way to change an open recording's class).
+                    // Before the recording opens, it is created in this class; after, it moves
+                    // (expiry from its start). Either way the vault's policy has the last word.
+                    if let Some(id) = &c.recording_id {
+                        let id = RecordingId(id.clone());
+                        if let Err(e) = store.retention_class(&id, &class) {
+                            tracing::warn!(recording = %id, error = %e, "retention class not applied");
+                        }
+                    }
                     c.retention = Some(class);
                 }
             }

@@ -424,6 +424,16 @@ impl MetaStore {
         Ok(r.rows_affected() == 1)
     }
 
+    pub async fn set_class(&self, id: &str, class: &str, expires_at_ms: i64) -> Result<bool, MetaError> {
+        let r = sqlx::query("UPDATE recordings SET retention_class = $1, expires_at_ms = $2 WHERE id = $3")
+            .bind(class)
+            .bind(expires_at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     pub async fn add_tag(&self, id: &str, tag: &str) -> Result<(), MetaError> {
         sqlx::query(
             "INSERT INTO recording_tags (recording_id, tag) SELECT $1, $2 WHERE NOT EXISTS \

@@ -67,6 +67,8 @@ pub enum VaultError {
     Io { path: String, source: std::io::Error },
     #[error("invalid tag `{0}`: use 1-64 characters of [A-Za-z0-9._:-]")]
     InvalidTag(String),
+    #[error("no retention class `{0}` (see retention.classes)")]
+    UnknownClass(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("the vault is synchronous and must not be called from inside an async runtime")]
@@ -548,6 +550,18 @@ impl Vault {
         self.get(id)?;
         self.block(self.meta.set_hold(id, hold))??;
         self.audit(actor, if hold { "hold.on" } else { "hold.off" }, Some(id), "", now)
+    }
+
+    /// Moves a recording (open or closed) into retention class `class`; its expiry is computed
+    /// again from its start, as if it had been created in that class. Legal hold is separate
+    /// and unchanged.
+    pub fn set_class(&self, id: &str, class: &str, actor: &str, now: SystemTime) -> Result<(), VaultError> {
+        let row = self.get(id)?;
+        let new = self.retention.class(class).ok_or_else(|| VaultError::UnknownClass(class.into()))?;
+        let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(row.started_at_ms.max(0) as u64);
+        let expires = ms(RetentionPolicy::expiry(new, started));
+        self.block(self.meta.set_class(id, &new.name, expires))??;
+        self.audit(actor, "class", Some(id), &format!("{} -> {}", row.retention_class, new.name), now)
     }
 
     /// Erases one recording: wrapped key (crypto-shred), then blobs, then rows; leaves a

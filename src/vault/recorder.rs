@@ -424,4 +424,19 @@ impl RecordingSink for Recorder {
         }
         self.track(r)
     }
+
+    /// Honoured only with `retention.trust_header`, like the class asked for at creation; an
+    /// unknown class is refused (counted as bad input) and the recording keeps its class.
+    fn retention_class(&mut self, id: &RecordingId, class: &str) -> Result<(), SinkError> {
+        if !self.vault.retention().trusts_header() {
+            return Ok(());
+        }
+        let now = (self.clock)();
+        let r = match self.vault.set_class(&id.0, class, "pbx", now) {
+            Err(VaultError::UnknownClass(c)) => Err(reject(format!("no retention class `{c}`"))),
+            Err(VaultError::UnknownRecording(_)) => Err(SinkError::UnknownRecording(id.clone())),
+            r => r.map_err(backend),
+        };
+        self.track(r)
+    }
 }

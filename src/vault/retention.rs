@@ -100,6 +100,11 @@ impl RetentionPolicy {
         Ok(RetentionPolicy { classes, default_class: c.default_class.clone(), rules, trust_header: c.trust_header })
     }
 
+    /// Whether a class asked for by a trusted PBX (`X-Retention-Class`) is honoured.
+    pub fn trusts_header(&self) -> bool {
+        self.trust_header
+    }
+
     pub fn class(&self, name: &str) -> Option<&RetentionClass> {
         self.classes.iter().find(|c| c.name == name)
     }

@@ -177,4 +177,11 @@ pub trait RecordingSink: Send {
     fn transcript(&mut self, id: &RecordingId, segment: TranscriptSegment) -> Result<(), SinkError>;
     fn span(&mut self, id: &RecordingId, span: RedactionSpan) -> Result<(), SinkError>;
     fn close(&mut self, id: &RecordingId, reason: CloseReason) -> Result<(), SinkError>;
+    /// A trusted PBX asked, after the recording was opened, to keep it under retention class
+    /// `class` (e.g. an agent flagged a complaint mid-call). Sinks without retention (the batch
+    /// CLI's memory sink) have nothing to do.
+    fn retention_class(&mut self, id: &RecordingId, class: &str) -> Result<(), SinkError> {
+        let _ = (id, class);
+        Ok(())
+    }
 }

@@ -685,3 +685,31 @@ fn a_second_recorder_on_the_same_vault_is_refused_until_the_first_is_gone() {
     let (_, recovered) = Recorder::start(Vault::open(options(dir.path(), 200)).unwrap(), Box::new(|| t(800))).unwrap();
     assert_eq!(recovered, vec![id.0]);
 }
+
+#[test]
+fn a_recording_moves_class_with_its_expiry_recomputed_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = recorder(dir.path(), 200);
+    let id = rec.open(meta("+34600000002", "support", None)).unwrap();
+    let before = rec.vault().get(&id.0).unwrap();
+    assert_eq!(before.retention_class, "standard");
+
+    // A trusted PBX flags a complaint mid-call: the open recording moves.
+    rec.retention_class(&id, "complaint").unwrap();
+    let after = rec.vault().get(&id.0).unwrap();
+    assert_eq!(after.retention_class, "complaint");
+    let class_days = |row: &crate::vault::meta::RecordingRow| (row.expires_at_ms - row.started_at_ms) / 86_400_000;
+    assert!(class_days(&after) > class_days(&before), "{} vs {}", class_days(&after), class_days(&before));
+    assert!(rec.vault().audit_log(Some(&id.0)).unwrap().iter().any(|e| e.action == "class"));
+
+    // An unknown class is refused and changes nothing.
+    assert!(rec.retention_class(&id, "forever").is_err());
+    assert_eq!(rec.vault().get(&id.0).unwrap().retention_class, "complaint");
+    rec.close(&id, CloseReason::Completed).unwrap();
+
+    // The DPO can move a closed one (from the command line), but not into an unknown class.
+    rec.vault().set_class(&id.0, "standard", "cli", t(700)).unwrap();
+    assert_eq!(rec.vault().get(&id.0).unwrap().expires_at_ms, before.expires_at_ms);
+    assert!(matches!(rec.vault().set_class(&id.0, "nope", "cli", t(700)), Err(VaultError::UnknownClass(_))));
+    assert!(matches!(rec.vault().set_class("0000", "standard", "cli", t(700)), Err(VaultError::UnknownRecording(_))));
+}
