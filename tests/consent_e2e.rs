@@ -683,10 +683,11 @@ fn ivr_grant_records_from_the_decision_on() {
 }
 
 /// Case 2: the caller presses 2. The product forwards the call whatever the answer; nothing is
-/// recorded and the ledger says declined.
+/// recorded and the ledger says declined. The PBX answering with `X-Recording-Consent: granted`
+/// does not overturn the caller's answer on an IVR route: the signal is ignored and counted.
 #[test]
 fn ivr_decline_forwards_the_call_unrecorded() {
-    let Some(done) = run_call(Call::ivr("2")) else { return };
+    let Some(done) = run_call(Call { pbx_grant: true, ..Call::ivr("2") }) else { return };
     let vault = done.vault();
     let row = one(done.ledger(&vault), "ledger record");
     assert_eq!((row.decision.as_str(), row.method.as_str(), row.basis.as_str()), ("declined", "ivr", "consent"));
@@ -696,8 +697,12 @@ fn ivr_decline_forwards_the_call_unrecorded() {
     assert!(!done.storage().join("blobs/rec").exists(), "no blob was ever written");
     assert_eq!(done.metric("callveil_recording_recordings_opened_total", &[]), 0.0);
     assert_eq!(done.metric("callveil_recording_consent_decisions_total", &[("decision", "declined")]), 1.0);
+    assert_eq!(done.metric("callveil_recording_consent_signals_ignored_total", &[]), 1.0, "the PBX's late grant");
     done.assert_speech_relayed();
-    done.report("ivr decline", "call forwarded and completed; no recording; ledger: declined");
+    done.report(
+        "ivr decline",
+        "call forwarded and completed; PBX grant after it ignored (counted); no recording; ledger: declined",
+    );
 }
 
 /// Case 3: no key. The IVR plays the prompt, waits, replays it once, waits again, then gives up
