@@ -377,7 +377,7 @@ fn config(dir: &Path, c: &Call, sip: u16, metrics: u16, pbx: u16) -> String {
          [vault]\nkey_file = {:?}\ncreate_keys = true\n\n\
          [redaction]\nmodel = {:?}\nworkers = 1\ndeadline_ms = 120000\n\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n\
-         [log]\nlevel = \"info\"\n",
+         [log]\nlevel = \"info,callveil=debug\"\n",
         media,
         media + 39,
         dir.join("prompts").display().to_string(),
@@ -524,6 +524,8 @@ fn run_call(c: Call) -> Option<Done> {
     let status = proxy.stop(Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "callveil did not stop cleanly: {status:?}\n{}", proxy.log_tail());
     let pbx_rtp = sink.finish();
+    let log = std::fs::read_to_string(dir.join("callveil.log")).unwrap_or_default();
+    assert!(!log.contains("5550100199"), "the caller's number reached callveil's log (debug level)");
     let config = dir.join("callveil.toml");
     Some(Done { bench, settings, config, material, metrics: text, call_time, pbx_rtp, prompt_sha256 })
 }
