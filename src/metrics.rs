@@ -350,6 +350,9 @@ pub struct RecordingMetrics {
     /// Calls the recording path follows (recording or not).
     pub calls_active: Gauge,
     pub consent_decisions: Family<DecisionLabels, Counter>,
+    /// Consent signals (PBX header, API) that did not apply: wrong source for the route's mode,
+    /// nothing to revoke, a grant after a decision (`consent::Gate::ignored`).
+    pub consent_signals_ignored: Counter,
     /// Tap frames discarded before recording was permitted (used for DTMF only, never kept).
     pub frames_dropped_pre_consent: Counter,
     pub recordings_opened: Counter,
@@ -387,6 +390,11 @@ impl RecordingMetrics {
         r.register("sessions_active", "Recordings open now", self.sessions_active.clone());
         r.register("calls_active", "Calls followed by the recording path", self.calls_active.clone());
         r.register("consent_decisions", "Consent decisions, by method and decision", self.consent_decisions.clone());
+        r.register(
+            "consent_signals_ignored",
+            "Consent signals that did not apply (wrong source for the mode, nothing to revoke, already decided)",
+            self.consent_signals_ignored.clone(),
+        );
         r.register(
             "frames_dropped_pre_consent",
             "Tap frames discarded before recording was permitted (DTMF detection only)",

@@ -318,6 +318,23 @@ fn retention_class_before_the_recording_is_used_at_open_and_after_it_moves_the_r
 }
 
 #[test]
+fn signals_that_do_not_apply_are_counted() {
+    let mut h = H::new("header");
+    h.start(0, false);
+    // header mode: the API does not decide, and there is nothing to revoke yet
+    assert!(h.p.handle_api(h.at(100), CALL, ConsentSignal::Granted, &mut h.store));
+    h.event(200, CallEvent::Consent { call_id: CALL.into(), signal: ConsentSignal::Revoked });
+    assert!(h.store.ops.is_empty(), "{:?}", h.store.ops);
+    assert_eq!(h.metrics.consent_signals_ignored.get(), 2);
+    h.event(300, CallEvent::Consent { call_id: CALL.into(), signal: ConsentSignal::Granted });
+    h.event(400, CallEvent::Consent { call_id: CALL.into(), signal: ConsentSignal::Granted });
+    assert_eq!(h.store.ops, ["ledger", "open"], "one grant");
+    assert_eq!(h.metrics.consent_signals_ignored.get(), 3, "the second grant is counted, once");
+    h.end(1000);
+    assert_eq!(h.metrics.consent_signals_ignored.get(), 3);
+}
+
+#[test]
 fn keypad_revoke_sequence_stops_the_recording() {
     let mut h = H::new("dtmf");
     h.start(0, false);

@@ -148,6 +148,8 @@ struct Call {
     ledger_ref: Option<String>,
     /// Id of the recording once opened (kept after it closes, for the ledger).
     recording_id: Option<String>,
+    /// How many of the gate's ignored signals are already counted in the metrics.
+    ignored_counted: u64,
     ended: bool,
 }
 
@@ -316,6 +318,7 @@ impl RecordingPath {
                 retention: None,
                 ledger_ref: None,
                 recording_id: None,
+                ignored_counted: 0,
                 ended: false,
             },
         );
@@ -580,6 +583,11 @@ impl RecordingPath {
                     }
                 }
             }
+        }
+        let ignored = c.gate.ignored();
+        if ignored > c.ignored_counted {
+            self.metrics.consent_signals_ignored.inc_by(ignored - c.ignored_counted);
+            c.ignored_counted = ignored;
         }
         // Drain the recording into the store.
         let mut jobs = Vec::new();

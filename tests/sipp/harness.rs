@@ -9,6 +9,9 @@
 //!
 //! It does not judge SIP correctness itself: the scenario XML files beside this one do (a SIPp
 //! call fails on any unexpected message, missing Record-Route or wrong final status).
+//!
+//! Two test crates include it (`tests/sipp.rs`, `tests/consent_e2e.rs`) and each uses only part.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -374,7 +377,18 @@ impl Bench {
         if self.message_trace {
             args.extend(["-trace_msg".into(), "-message_file".into(), messages.display().to_string()]);
         }
-        SippCommand { name: stem, args, transport, local_port, control_port, stats, errors, messages, screen }
+        SippCommand {
+            name: stem,
+            args,
+            transport,
+            local_port,
+            control_port,
+            stats,
+            errors,
+            messages,
+            screen,
+            cwd: None,
+        }
     }
 
     /// Starts a callee; it runs until [`Uas::finish`]. `sets` are `-set` globals, `keys` `-key`s.
@@ -420,6 +434,8 @@ struct SippCommand {
     errors: PathBuf,
     messages: PathBuf,
     screen: PathBuf,
+    /// Working directory (relative `play_pcap_audio` files are looked up there).
+    cwd: Option<PathBuf>,
 }
 
 impl SippCommand {
@@ -432,6 +448,9 @@ impl SippCommand {
     fn command(&self) -> Command {
         let mut cmd = Command::new("sipp");
         cmd.args(&self.args);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         let screen = fs::File::create(&self.screen).expect("create screen log");
         let screen_err = screen.try_clone().expect("clone screen log");
         cmd.stdout(screen).stderr(screen_err);
@@ -566,6 +585,18 @@ impl Uac {
         self
     }
 
+    /// Call-IDs from SIPp's `-cid_str` format (`%u` is the call number), so a test knows them.
+    pub fn call_id_format(mut self, format: &str) -> Uac {
+        self.cmd.args.extend(["-cid_str".into(), format.into()]);
+        self
+    }
+
+    /// Runs SIPp in `dir`: where SIPp 3.6 looks for relative `play_pcap_audio` files.
+    pub fn current_dir(mut self, dir: &Path) -> Uac {
+        self.cmd.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Runs the calls against `target` (the proxy, or the callee for [`Hop::Direct`]) and waits.
     pub fn run(mut self, target: SocketAddr) -> Outcome {
         let timeout_s = self.timeout.as_secs().max(1);
@@ -609,6 +640,13 @@ impl Proxy {
         self.child.pid()
     }
 
+    /// Asks the proxy to stop (SIGTERM to its process group) and waits up to `limit` for it to
+    /// exit; `None` if it did not (it is then killed when dropped).
+    pub fn stop(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.child.signal_group("-TERM");
+        self.child.wait_timeout(limit)
+    }
+
     /// Last lines of the proxy's own output, for failure messages.
     pub fn log_tail(&self) -> String {
         fs::read_to_string(&self.log).map(|t| tail(&t, 3000).to_owned()).unwrap_or_default()
@@ -617,9 +655,20 @@ impl Proxy {
     fn callveil(dir: &Path, upstreams: &[Endpoint], t1_ms: u64) -> Proxy {
         let port = free_port();
         let metrics_port = free_port();
+        Proxy::callveil_with_config(
+            dir,
+            port,
+            metrics_port,
+            &callveil_config(port, metrics_port, upstreams, t1_ms, &dir.join("var")),
+        )
+    }
+
+    /// `callveil run` with the given config text (written to `dir/callveil.toml`), which must
+    /// listen on `port` over UDP and TCP and serve `/metrics` on `metrics_port`; returns once
+    /// all three answer.
+    pub fn callveil_with_config(dir: &Path, port: u16, metrics_port: u16, config_text: &str) -> Proxy {
         let config = dir.join("callveil.toml");
-        fs::write(&config, callveil_config(port, metrics_port, upstreams, t1_ms, &dir.join("var")))
-            .expect("write callveil config");
+        fs::write(&config, config_text).expect("write callveil config");
         let log = dir.join("callveil.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_callveil"));
         cmd.arg("run").arg("--config").arg(&config);
@@ -709,6 +758,26 @@ pub fn kamailio_config(port: u16, upstreams: &[Endpoint], fr_timer_ms: u64, chil
         .replace("@FR_TIMER_MS@", &fr_timer_ms.to_string())
         .replace("@UPSTREAM1@", &first.kamailio())
         .replace("@UPSTREAM2@", &second.kamailio())
+}
+
+/// One plain HTTP/1.1 request to 127.0.0.1:`port`; the status code and body, or `None` when
+/// nothing answered in time.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::from((LOCALHOST, port)), Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Some((status, body))
 }
 
 /// One plain HTTP/1.1 GET; true on a 200 status line.
