@@ -182,6 +182,9 @@ pub struct MediaMetrics {
     pub dtmf_events_suppressed: Counter,
     /// Milliseconds of caller audio replaced by silence toward the callee (secure entry).
     pub tone_suppressed_ms: Counter,
+    /// Offers whose transaction failed (re-INVITE/UPDATE answered 4xx-6xx or timed out): the
+    /// call's media went back to what it was before the offer.
+    pub offers_rolled_back: Counter,
 }
 
 impl Default for MediaMetrics {
@@ -202,6 +205,7 @@ impl Default for MediaMetrics {
             played_packets: Counter::default(),
             dtmf_events_suppressed: Counter::default(),
             tone_suppressed_ms: Counter::default(),
+            offers_rolled_back: Counter::default(),
         }
     }
 }
@@ -231,6 +235,11 @@ impl MediaMetrics {
             "tone_suppressed_ms",
             "Caller audio replaced by silence toward the callee (secure entry)",
             self.tone_suppressed_ms.clone(),
+        );
+        r.register(
+            "offers_rolled_back",
+            "Offers whose re-INVITE or UPDATE failed; the media went back to its state before them",
+            self.offers_rolled_back.clone(),
         );
     }
 

@@ -3,8 +3,14 @@
 
 mod sim;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use callveil::config::PortRange;
+use callveil::media::anchor::{Anchor, AnchorConfig, MediaBackend, SrtpPolicy, StreamControl, StreamKey};
+use callveil::media::relay::StreamSetup;
+use callveil::metrics::MediaMetrics;
 use callveil::sip::message::Method;
 use sim::*;
 
@@ -648,4 +654,123 @@ fn every_call_reports_started_and_ended_exactly_once() {
     sim.run_for(Duration::from_secs(40));
     assert_eq!(names(&sim.take_events()), vec!["started r held=false", "answered", "ended"]);
     assert_eq!(count(&sim.pbx[0].requests, Method::Bye), 1);
+}
+
+// ----- a failed re-INVITE leaves the media as it was (RFC 3261 §14.1) -------------------------
+
+/// The media streams the anchor asked for, as a test can read them.
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<HashMap<StreamKey, StreamSetup>>>);
+
+impl Streams {
+    fn now(&self) -> HashMap<StreamKey, StreamSetup> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A media backend without sockets: every bind succeeds; it keeps each stream's latest setup.
+struct Recorder(Streams);
+
+impl MediaBackend for Recorder {
+    type Pair = u16;
+    fn bind(&mut self, rtp_port: u16) -> std::io::Result<u16> {
+        Ok(rtp_port)
+    }
+    fn open(&mut self, key: StreamKey, _pairs: [u16; 2], setup: StreamSetup) {
+        assert!(self.0 .0.lock().unwrap().insert(key, setup).is_none(), "opened twice");
+    }
+    fn update(&mut self, key: StreamKey, setup: StreamSetup) {
+        *self.0 .0.lock().unwrap().get_mut(&key).expect("update of an unknown stream") = setup;
+    }
+    fn close(&mut self, key: StreamKey) {
+        assert!(self.0 .0.lock().unwrap().remove(&key).is_some(), "closed twice");
+    }
+    fn poll_inactive(&mut self) -> Option<u64> {
+        None
+    }
+    fn control(&mut self, _key: StreamKey, _ctl: StreamControl) {}
+}
+
+/// A sim whose proxy holds the real anchor over a [`Recorder`].
+fn anchored_sim(seed: u64) -> (Sim, Streams, MediaMetrics) {
+    let streams = Streams::default();
+    let metrics = MediaMetrics::default();
+    let config = AnchorConfig {
+        advertise: "127.0.0.1".parse().unwrap(),
+        ports: PortRange { first: 30000, last: 30099 },
+        quarantine: Duration::from_secs(5),
+        srtp: [SrtpPolicy::Same; 2],
+    };
+    #[allow(clippy::disallowed_methods)] // the anchor's clock starts with the sim's
+    let anchor = Anchor::new(Instant::now(), config, Recorder(streams.clone()), metrics.clone());
+    (Sim::with_anchor(seed, &[UasMode::Answer], Box::new(anchor)), streams, metrics)
+}
+
+/// The caller moves its audio, puts it on hold and adds video.
+fn moving_offer() -> String {
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio 20100 RTP/AVP 0 101\r\n\
+         a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendonly\r\nm=video 20102 RTP/AVP 96\r\n",
+        ip = addr(CARRIER).ip()
+    )
+}
+
+#[test]
+fn failed_reinvite_leaves_the_media_as_it_was() {
+    for (n, refusal, code) in
+        [(0u64, UasMode::Reject(488), 488), (1, UasMode::Reject(491), 491), (2, UasMode::Silent, 408)]
+    {
+        let (mut sim, streams, metrics) = anchored_sim(40 + n);
+        sim.pbx[0].reinvite = Some(refusal);
+        let call_id = format!("reinvite-{n}");
+        sim.carrier_sends(invite(&call_id, &format!("z9hG4bKri{n}a"), 1));
+        sim.run_for(Duration::from_secs(2));
+        let ok = sim.carrier.last_final_200.clone().expect("answered");
+        let before = streams.now();
+        assert_eq!(before.len(), 1);
+        assert_eq!(metrics.ports_in_use.get(), 2);
+
+        sim.carrier_sends(with_body(in_dialog(&ok, "INVITE", &format!("z9hG4bKri{n}b"), 2), &moving_offer()));
+        // the re-INVITE is at the PBX (1 ms a hop), its refusal not yet back
+        sim.run_for(Duration::from_micros(1500));
+        assert_eq!(streams.now().len(), 2, "the offer took effect when it was forwarded");
+        assert_eq!(metrics.ports_in_use.get(), 4);
+        sim.run_for(Duration::from_secs(40)); // the silent PBX: Timer B, 408
+        assert_eq!(finals(&sim.carrier, Method::Invite), vec![200, code], "case {n}");
+        assert_eq!(streams.now(), before, "case {n}: address, direction and streams as before the offer");
+        assert_eq!(metrics.ports_in_use.get(), 2, "case {n}: the added stream's ports are released");
+        assert_eq!(metrics.offers_rolled_back.get(), 1);
+
+        // the call goes on, and ends normally
+        sim.carrier_sends(in_dialog(&ok, "BYE", &format!("z9hG4bKri{n}c"), 3));
+        sim.run_for(Duration::from_secs(2));
+        assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+        assert!(streams.now().is_empty());
+        assert_eq!(metrics.ports_in_use.get(), 0);
+    }
+}
+
+#[test]
+fn reinvite_the_anchor_refuses_keeps_the_call_and_its_media() {
+    let (mut sim, streams, metrics) = anchored_sim(50);
+    sim.carrier_sends(invite("reinvite-bad", "z9hG4bKrb1", 1));
+    sim.run_for(Duration::from_secs(2));
+    let ok = sim.carrier.last_final_200.clone().expect("answered");
+    let before = streams.now();
+    // the second m-line asks for an SRTP suite callveil does not have: 488 from callveil itself
+    let bad = format!(
+        "{}m=audio 20200 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        moving_offer()
+    );
+    sim.carrier_sends(with_body(in_dialog(&ok, "INVITE", "z9hG4bKrb2", 2), &bad));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Invite), vec![200, 488]);
+    assert_eq!(count(&sim.pbx[0].requests, Method::Invite), 1, "the refused re-INVITE never reached the PBX");
+    assert_eq!(streams.now(), before, "the call's media is untouched");
+    assert_eq!(metrics.ports_in_use.get(), 2);
+    assert_eq!(sim.proxy.dialogs().len(), 1, "the dialog goes on");
+    sim.carrier_sends(in_dialog(&ok, "BYE", "z9hG4bKrb3", 3));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(finals(&sim.carrier, Method::Bye), vec![200]);
+    assert!(streams.now().is_empty());
 }

@@ -3,10 +3,11 @@
 //! test reads, so every RTP payload can be compared byte for byte; both SIPp sides check that
 //! the SDP they receive names callveil's address and a port of its range. Further calls check
 //! that no port pair leaks after BYE, CANCEL, a failed INVITE, and the RTP inactivity timeout
-//! (which must end the call with BYE on both legs).
+//! (which must end the call with BYE on both legs), and that a re-INVITE answered 488 leaves the
+//! media where it was (RFC 3261 §14.1).
 #![allow(clippy::disallowed_methods)] // a real proxy runs on real time
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,8 +78,13 @@ async fn setup(ports: &str, inactivity_s: u64, uas_xml: &str, extra: &[String]) 
 /// Runs a SIPp uac to completion and returns whether it succeeded, with its stderr. Its first
 /// call's Call-ID is `media-e2e-1`.
 async fn uac(call: &Call, xml: &str) -> (bool, String) {
+    uac_with(call, xml, Vec::new()).await
+}
+
+/// [`uac`] with `extra` arguments (e.g. `-key NAME VALUE`).
+async fn uac_with(call: &Call, xml: &str, extra: Vec<String>) -> (bool, String) {
     let proxy = call.running.sip_endpoints()[0].addr;
-    let args = vec![
+    let mut args = vec![
         "-cid_str".to_string(),
         "media-e2e-%u".into(),
         proxy.to_string(),
@@ -91,6 +97,7 @@ async fn uac(call: &Call, xml: &str) -> (bool, String) {
         "-mp".into(),
         free_port().to_string(),
     ];
+    args.extend(extra);
     let out = tokio::task::spawn_blocking(move || sipp(&args).output().unwrap()).await.unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -272,4 +279,79 @@ async fn rtp_inactivity_ends_the_call_with_bye_on_both_legs() {
     assert_eq!(call.running.metrics().media.inactivity_timeouts.get(), 1);
     let (ok, err) = finish(call).await;
     assert!(ok, "uas did not get its BYE: {err}");
+}
+
+/// A socket reader collecting datagrams until `quiet` passes without one after the first (or
+/// `limit` in all).
+fn collect(sock: UdpSocket, quiet: Duration, limit: Duration) -> std::thread::JoinHandle<Vec<(Vec<u8>, SocketAddr)>> {
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while start.elapsed() < limit {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    got.push((buf[..n].to_vec(), from));
+                    last = Instant::now();
+                }
+                Err(_) if !got.is_empty() && last.elapsed() > quiet => break,
+                Err(_) => {}
+            }
+        }
+        got
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_answered_488_leaves_the_media_where_it_was() {
+    // the caller's first offer names `caller`; its refused re-INVITE names `decoy` (and video)
+    let bind = || UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (caller, decoy, decoy_video) = (bind(), bind(), bind());
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port().to_string();
+    let keys = vec![
+        "-key".to_string(),
+        "caller_port".into(),
+        port(&caller),
+        "-key".into(),
+        "decoy_port".into(),
+        port(&decoy),
+        "-key".into(),
+        "decoy_video".into(),
+        port(&decoy_video),
+    ];
+    let at_caller = collect(caller, Duration::from_secs(2), Duration::from_secs(30));
+    let at_decoy = collect(decoy, Duration::from_secs(1), Duration::from_secs(14));
+    let call = setup("41800-41999", 60, "uas_reinvite_488.xml", &["-mp".into(), free_port().to_string()]).await;
+    let running = &call.running;
+    let (uac_result, in_use_during) = tokio::join!(uac_with(&call, "uac_reinvite_488.xml", keys), async {
+        // once the callee's audio flows the 488 is behind us: one stream, two pairs, held
+        let needle = "callveil_media_packets_total{direction=\"callee_to_caller\"}";
+        let mut relayed = 0.0;
+        for _ in 0..3 {
+            relayed = metric_at_least(running, needle, 1.0).await;
+            if relayed >= 1.0 {
+                break;
+            }
+        }
+        (relayed, running.metrics().media.ports_in_use.get(), running.metrics().media.offers_rolled_back.get())
+    });
+    let (ok, err) = uac_result;
+    assert!(ok, "uac failed: {err}");
+    let (relayed, in_use, rolled_back) = in_use_during;
+    assert!(relayed >= 1.0, "the callee's audio was relayed");
+    assert_eq!(in_use, 2, "the video stream the refused offer added was released");
+    assert_eq!(rolled_back, 1);
+    let (ok, err) = finish(call).await;
+    assert!(ok, "uas failed: {err}");
+
+    let got = at_caller.join().unwrap();
+    assert!(at_decoy.join().unwrap().is_empty(), "nothing went to the address of the refused offer");
+    let want = pcap_rtp_payloads(Path::new(PCAP));
+    assert_eq!(got.len(), want.len(), "every packet of the callee's audio reached the caller's first address");
+    for (i, ((pkt, from), w)) in got.iter().zip(&want).enumerate() {
+        assert!((41800..=41999).contains(&from.port()), "packet {i} came from callveil's port, not {from}");
+        assert_eq!(pkt, w, "RTP packet {i} differs");
+    }
 }

@@ -1,18 +1,41 @@
 //! Load generator for `benches/rtp_compare.sh`: sets up N one-way G.711 streams through a relay
 //! (callveil over SIP, or rtpengine over its ng control protocol), sends 50 packets/s of 172
 //! bytes on each, and prints per step: offered and received packets, loss, the relay's CPU time
-//! (from /proc), packets per CPU-second, and one-way latency percentiles. `direct` mode sends
-//! straight to the receiver: the baseline the relays' added latency is measured against.
+//! (from /proc), packets per CPU-second, and one-way latency percentiles.
+//!
+//! Latency is measured against a direct path *at the same moment*: every 8th packet is also sent
+//! straight from the sending socket to the receiving socket (stamped afresh just before its own
+//! send), and the one receiver thread tells the two apart by source address. Both kinds share
+//! the sender, the receiver, its socket and its CPU, so what differs is the relay. `added_*` are
+//! percentiles of the per-packet difference (relay copy minus its direct twin); `p*` and
+//! `direct_p*` are the two paths' own distributions. Earlier versions ran the direct baseline as
+//! a separate run afterwards, which on a shared machine compared two different moments' noise,
+//! and subtracted percentiles of those two runs.
+//!
+//! The machine's noise is printed next to the numbers: how busy the relay's CPU was with other
+//! processes (`/proc/stat` for `RELAY_CPU` minus the relay's own time), the relay's involuntary
+//! context switches (`/proc/PID/task/*/status`: each one is the relay being preempted, i.e.
+//! runnable but not running), and the 1-minute load average.
 //!
 //! Usage: rtp_loadgen MODE PID STEPS SECS [ADDR [UAS_ADDR]]
 //!   MODE callveil: ADDR = callveil's SIP UDP address, UAS_ADDR = the upstream it routes to
 //!   MODE rtpengine: ADDR = the ng control address
-//!   MODE direct: PID 0
+//!   MODE direct: PID 0 (only the direct path; a sanity check of the generator itself)
+//!   MODE noise: PID 0, STEPS 0: spins for SECS on the CPU it runs on (pin it with taskset) and
+//!     prints how often and for how long it was kept from running (`noise_gaps_over_50us=..
+//!     noise_gaps_over_1ms=.. noise_max_gap_us=.. noise_lost_pct=..`). Nothing else running, a
+//!     gap is the CPU taken away: interrupts, kernel threads, or on a VM the host descheduling
+//!     the virtual CPU. Any packet in flight then waits as long, whatever relays it.
 //!   STEPS: comma-separated stream counts, e.g. 500,1000,2000
-//! Output: one line per step, `streams=.. offered_pps=.. recv=.. loss_pct=.. cpu_pct=..
-//! pps_per_cpu_s=.. p50_us=.. p99_us=..`.
+//!   env RELAY_CPU: the CPU the relay is pinned to (for the noise figures), default 1
+//! Output: one line per step, `streams=.. offered_pps=.. recv=.. sent=.. loss_pct=.. cpu_pct=..
+//! pps_per_cpu_s=.. p50_us=.. p90_us=.. p99_us=.. p999_us=.. max_us=.. direct_p50_us=..
+//! direct_p90_us=.. direct_p99_us=.. direct_p999_us=.. direct_max_us=.. direct_n=.. added_p50_us=..
+//! added_p90_us=.. added_p99_us=.. added_p999_us=.. added_n=.. relay_cpu_other_pct=..
+//! relay_preempted=.. loadavg=..`.
 #![allow(clippy::disallowed_methods)] // a load generator runs on real time
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +44,7 @@ use std::time::{Duration, Instant};
 const PPS_PER_STREAM: u64 = 50;
 
 fn usage() -> ! {
-    eprintln!("usage: rtp_loadgen callveil|rtpengine|direct PID STEPS SECS [ADDR [UAS_ADDR]]");
+    eprintln!("usage: rtp_loadgen callveil|rtpengine|direct|noise PID STEPS SECS [ADDR [UAS_ADDR]]");
     std::process::exit(64)
 }
 
@@ -162,15 +185,85 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// (busy, total) jiffies of one CPU from /proc/stat.
+fn cpu_jiffies(cpu: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu} ");
+    let Some(line) = stat.lines().find(|l| l.starts_with(&name)) else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait are not busy
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Involuntary context switches of all threads of a process: times it was preempted.
+fn preemptions(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:").and_then(|v| v.trim().parse::<u64>().ok()))
+        })
+        .sum()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split(' ').next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Every `DIRECT_EVERY`th packet also goes straight to the receiver: the simultaneous baseline.
+const DIRECT_EVERY: u64 = 8;
+
+/// Spins for `secs` reading the clock; every jump between two reads over 50 µs is time this
+/// thread was kept from its CPU.
+fn noise(secs: u64) {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(secs);
+    let mut last = start;
+    let mut gaps: Vec<u64> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let gap = now.duration_since(last).as_nanos() as u64;
+        if gap > 50_000 {
+            gaps.push(gap);
+        }
+        last = now;
+        if now >= end {
+            break;
+        }
+    }
+    let lost: u64 = gaps.iter().sum();
+    println!(
+        "noise_secs={secs} noise_gaps_over_50us={} noise_gaps_over_1ms={} noise_max_gap_us={:.0} noise_lost_pct={:.2}",
+        gaps.len(),
+        gaps.iter().filter(|g| **g > 1_000_000).count(),
+        gaps.iter().max().copied().unwrap_or(0) as f64 / 1000.0,
+        100.0 * lost as f64 / start.elapsed().as_nanos() as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
         usage();
     }
     let mode = args[1].as_str();
+    if mode == "noise" {
+        noise(args[4].parse().unwrap_or_else(|_| usage()));
+        return;
+    }
     let pid: u32 = args[2].parse().unwrap_or_else(|_| usage());
     let steps: Vec<usize> = args[3].split(',').map(|s| s.parse().unwrap_or_else(|_| usage())).collect();
     let secs: u64 = args[4].parse().unwrap_or_else(|_| usage());
+    let relay_cpu: usize = std::env::var("RELAY_CPU").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let max = steps.iter().copied().max().unwrap_or(0);
 
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -180,10 +273,12 @@ fn main() {
     rx.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
     let rx: UdpSocket = rx.into();
     rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let tx_port = tx.local_addr().unwrap().port();
+    let tx_addr = tx.local_addr().unwrap();
+    let tx_port = tx_addr.port();
     let rx_addr = rx.local_addr().unwrap();
 
     let setup_started = Instant::now();
+    let direct_only = mode == "direct";
     let targets: Vec<SocketAddr> = match mode {
         "direct" => vec![rx_addr; max],
         "callveil" => {
@@ -223,17 +318,38 @@ fn main() {
             let rx = rx.clone();
             let done = done.clone();
             std::thread::spawn(move || {
-                let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
+                // latencies in ns: through the relay, and the direct copies
+                let mut relayed: Vec<u32> = Vec::with_capacity(1 << 20);
+                let mut direct: Vec<u32> = Vec::with_capacity(1 << 18);
+                // per packet sent both ways: relay latency minus its direct twin's, in ns
+                let mut added: Vec<i64> = Vec::with_capacity(1 << 18);
+                let mut twins: HashMap<(u32, u16), u32> = HashMap::new();
                 let mut buf = [0u8; 2048];
                 let mut got = 0u64;
                 loop {
                     match rx.recv_from(&mut buf) {
-                        Ok((len, _)) if len >= 20 => {
+                        Ok((len, from)) if len >= 21 => {
                             let now = epoch.elapsed().as_nanos() as u64;
                             let sent = u64::from_be_bytes(buf[12..20].try_into().unwrap());
-                            got += 1;
-                            if got.is_multiple_of(4) {
-                                lat.push(now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                            let lat = now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+                            let via_direct = from == tx_addr && !direct_only;
+                            if via_direct {
+                                direct.push(lat);
+                            } else {
+                                got += 1;
+                                relayed.push(lat);
+                            }
+                            if buf[20] == 1 {
+                                let key = (
+                                    u32::from_be_bytes(buf[8..12].try_into().unwrap()),
+                                    u16::from_be_bytes([buf[2], buf[3]]),
+                                );
+                                if let Some(other) = twins.remove(&key) {
+                                    let (r, d) = if via_direct { (other, lat) } else { (lat, other) };
+                                    added.push(i64::from(r) - i64::from(d));
+                                } else {
+                                    twins.insert(key, lat);
+                                }
                             }
                         }
                         Ok(_) => {}
@@ -241,7 +357,7 @@ fn main() {
                         Err(_) => {}
                     }
                 }
-                (got, lat)
+                (got, relayed, direct, added)
             })
         };
         let pps = n as u64 * PPS_PER_STREAM;
@@ -251,6 +367,8 @@ fn main() {
         let mut pkt = [0u8; 172];
         pkt[0] = 0x80;
         let cpu0 = cpu_seconds(pid);
+        let (busy0, total0) = cpu_jiffies(relay_cpu);
+        let pre0 = preemptions(pid);
         let start = Instant::now();
         let mut sent = 0u64;
         while sent < total {
@@ -264,24 +382,66 @@ fn main() {
             pkt[2..4].copy_from_slice(&seq[i].to_be_bytes());
             pkt[4..8].copy_from_slice(&(u32::from(seq[i]) * 160).to_be_bytes());
             pkt[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+            let twin = !direct_only && sent.is_multiple_of(DIRECT_EVERY);
+            pkt[20] = u8::from(twin);
             pkt[12..20].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
             let _ = tx.send_to(&pkt, targets[i]);
+            if twin {
+                // the same packet straight to the receiver, stamped afresh so that both paths
+                // are timed from just before their own send
+                pkt[12..20].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                let _ = tx.send_to(&pkt, rx_addr);
+            }
             sent += 1;
         }
         let wall = start.elapsed().as_secs_f64();
+        // what the relay still has queued is its work too
         std::thread::sleep(Duration::from_millis(500));
+        let window = start.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid) - cpu0;
+        let (busy1, total1) = cpu_jiffies(relay_cpu);
+        let preempted = preemptions(pid) - pre0;
         done.store(true, Ordering::Relaxed);
-        let (got, mut lat) = receiver.join().unwrap();
+        let (got, mut lat, mut direct, mut added) = receiver.join().unwrap();
         lat.sort_unstable();
+        direct.sort_unstable();
+        added.sort_unstable();
+        let added_at = |p: f64| {
+            if added.is_empty() {
+                return f64::NAN;
+            }
+            added[((added.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+        };
         let loss = 100.0 * (sent.saturating_sub(got)) as f64 / sent as f64;
         let cpu_pct = 100.0 * cpu / wall;
         let per_cpu = if cpu > 0.0 { got as f64 / cpu } else { f64::NAN };
+        // the relay CPU's busy share over the step, less the relay's own over the same window
+        let cpu_busy_pct = 100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        let other_pct = (cpu_busy_pct - 100.0 * cpu / window).max(0.0);
         println!(
-            "streams={n} offered_pps={:.0} recv={got} sent={sent} loss_pct={loss:.3} cpu_pct={cpu_pct:.1} pps_per_cpu_s={per_cpu:.0} p50_us={:.1} p99_us={:.1}",
+            "streams={n} offered_pps={:.0} recv={got} sent={sent} loss_pct={loss:.3} cpu_pct={cpu_pct:.1} pps_per_cpu_s={per_cpu:.0} \
+             p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} \
+             direct_p50_us={:.1} direct_p90_us={:.1} direct_p99_us={:.1} direct_p999_us={:.1} direct_max_us={:.1} direct_n={} \
+             added_p50_us={:.1} added_p90_us={:.1} added_p99_us={:.1} added_p999_us={:.1} added_n={} \
+             relay_cpu_other_pct={other_pct:.1} relay_preempted={preempted} loadavg={}",
             sent as f64 / wall,
             percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999),
+            percentile(&lat, 1.0),
+            percentile(&direct, 0.5),
+            percentile(&direct, 0.9),
+            percentile(&direct, 0.99),
+            percentile(&direct, 0.999),
+            percentile(&direct, 1.0),
+            direct.len(),
+            added_at(0.5),
+            added_at(0.9),
+            added_at(0.99),
+            added_at(0.999),
+            added.len(),
+            loadavg(),
         );
         // drain stragglers between steps
         std::thread::sleep(Duration::from_millis(300));

@@ -16,6 +16,18 @@
 //! and on media inactivity, which the anchor reports back through
 //! [`MediaAnchor::handle_timeout`] so the proxy ends the call on both legs.
 //!
+//! An offer takes effect when it is rewritten (the offerer must already receive on what it
+//! offered, RFC 3264 §8), but it stays revocable until its answer: the anchor keeps the call's
+//! streams as they were before the oldest unanswered offer, and when the proxy reports that the
+//! request carrying it failed ([`MediaAnchor::offer_failed`]: a re-INVITE or UPDATE answered
+//! 4xx-6xx, timed out, cancelled, or refused here) it puts back addresses, directions, codecs and
+//! SRTP keys, and closes the streams the offer added (their ports go to quarantine), as RFC 3261
+//! §14.1 asks. Any answer commits. In glare both offers are refused (491), so both go back to
+//! the state before the first; a UA that answers one of two crossing offers anyway, or an offer
+//! in a 2xx whose ACK carries no answer, is not modelled (the next answer commits whatever is
+//! there). A rollback that restores an older SRTP key starts its context afresh (rollover count
+//! 0): correct for the first 65536 packets under that key.
+//!
 //! Policy for media it cannot anchor (TCP-based transports such as BFCP or MSRP over TCP): the
 //! m-line is rejected with port 0, because media callveil cannot see cannot be recorded or
 //! redacted and must not flow around it.
@@ -147,7 +159,7 @@ pub struct AnchorConfig {
     pub srtp: [SrtpPolicy; 2],
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Stream {
     /// Our RTP port facing each leg (RTCP is +1).
     ports: [u16; 2],
@@ -166,6 +178,16 @@ struct CallMedia {
     key: u64,
     streams: Vec<Option<Stream>>,
     /// The caller's latest offer, for [`MediaAnchor::early_answer`].
+    caller_offer: Option<Description>,
+    /// The media as it was before the oldest offer still waiting for its answer; put back by
+    /// [`MediaAnchor::offer_failed`]. `None` when no offer is outstanding.
+    before_offer: Option<Snapshot>,
+}
+
+/// A call's negotiated media state, kept while an offer is outstanding (see the module doc).
+#[derive(Debug, Clone)]
+struct Snapshot {
+    streams: Vec<Option<Stream>>,
     caller_offer: Option<Description>,
 }
 
@@ -312,9 +334,19 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
             None => {
                 let key = self.next_key;
                 self.next_key += 1;
-                CallMedia { key, streams: Vec::new(), caller_offer: None }
+                CallMedia { key, streams: Vec::new(), caller_offer: None, before_offer: None }
             }
         };
+        match ctx.role {
+            // the first outstanding offer keeps what to go back to; a second one (glare) keeps
+            // the same state, since both are refused with 491
+            SdpRole::Offer if media.before_offer.is_none() => {
+                media.before_offer =
+                    Some(Snapshot { streams: media.streams.clone(), caller_offer: media.caller_offer.clone() });
+            }
+            SdpRole::Offer => {}
+            SdpRole::Answer => media.before_offer = None,
+        }
         let mut plan: Vec<MediaPlan> = Vec::with_capacity(desc.media.len());
         let mut result = Ok(());
         for (i, md) in desc.media.iter().enumerate() {
@@ -423,6 +455,39 @@ impl<B: MediaBackend> MediaAnchor for Anchor<B> {
         if let Some(media) = self.calls.remove(call_id) {
             self.release_call(media);
         }
+    }
+
+    fn offer_failed(&mut self, call_id: &str) {
+        let Some(media) = self.calls.get_mut(call_id) else { return };
+        let Some(before) = media.before_offer.take() else { return };
+        let call = media.key;
+        let now_streams = std::mem::replace(&mut media.streams, before.streams);
+        media.caller_offer = before.caller_offer;
+        let mut closed = 0;
+        for (i, current) in now_streams.into_iter().enumerate() {
+            let Some(current) = current else { continue };
+            let key = StreamKey { call, index: i as u8 };
+            match media.streams.get(i).and_then(Option::as_ref) {
+                // the failed offer changed an existing stream: the relay goes back to the old
+                // setup (addresses, direction, keys, codecs)
+                Some(old) => {
+                    if old.setup != current.setup {
+                        self.backend.update(key, old.setup);
+                    }
+                }
+                // the failed offer added it: close it, its ports go to quarantine
+                None => {
+                    self.backend.close(key);
+                    for p in current.ports {
+                        self.ports.release(self.now, p);
+                    }
+                    closed += 1;
+                }
+            }
+        }
+        self.metrics.offers_rolled_back.inc();
+        tracing::debug!(closed, "a refused offer was rolled back");
+        self.gauges();
     }
 
     fn early_answer(&mut self, call_id: &str) -> Result<Vec<u8>, AnchorError> {
@@ -654,6 +719,119 @@ m=audio 4000 RTP/AVP 0\r\nm=video 4002 RTP/AVP 96\r\nm=message 0 TCP/MSRP *\r\n"
         let d = sdp::parse(&out).unwrap();
         assert_eq!(d.media.iter().map(|m| m.port).collect::<Vec<_>>(), [30002, 30006, 0]);
         assert_eq!(a.ports().in_use(), 4);
+    }
+
+    fn two_streams(ip: &str, audio: u16, video: u16, extra: &str) -> Vec<u8> {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {audio} RTP/AVP 0 101\r\n{extra}\
+m=video {video} RTP/AVP 96\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn failed_reinvite_puts_the_media_back_and_frees_added_streams() {
+        let (mut a, t0) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let audio = StreamKey { call: 1, index: 0 };
+        let before = a.backend().open[&audio];
+        // the callee moves its audio, puts it on hold and adds video; the caller refuses (488)
+        let offer = two_streams("198.51.100.2", 5100, 5102, "a=sendonly\r\n");
+        let out = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &offer).unwrap();
+        let d = sdp::parse(&out).unwrap();
+        assert_eq!(d.media[0].port, 30000, "the audio stream keeps its ports");
+        assert_ne!(d.media[1].port, 0);
+        let during = a.backend().open[&audio];
+        assert!(during.remote[1].hold && during.remote[1].rtp != before.remote[1].rtp, "the offer was applied");
+        assert_eq!(a.backend().open.len(), 2);
+        assert_eq!(a.ports().in_use(), 4);
+
+        a.offer_failed("c1");
+        assert_eq!(a.backend().open[&audio], before, "address, direction, codecs as before the offer");
+        assert!(!a.backend().open.contains_key(&StreamKey { call: 1, index: 1 }), "the added stream is closed");
+        assert_eq!(a.ports().in_use(), 2);
+        assert_eq!(a.ports().in_quarantine(), 2, "its ports wait out the quarantine");
+        assert_eq!(a.metrics.offers_rolled_back.get(), 1);
+        a.handle_timeout(t0 + Duration::from_secs(5));
+        assert_eq!(a.ports().in_quarantine(), 0);
+
+        // a later offer is an offer like any other: it adds video again, and its answer keeps it
+        let out = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &offer).unwrap();
+        assert_eq!(sdp::parse(&out).unwrap().media[0].port, 30000);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Answer), &two_streams("192.0.2.1", 4000, 4002, "a=recvonly\r\n"))
+            .unwrap();
+        let answered = a.backend().open[&audio];
+        // a failure report after the answer changes nothing (the answer committed the offer)
+        a.offer_failed("c1");
+        assert_eq!(a.backend().open[&audio], answered);
+        assert_eq!(a.backend().open.len(), 2);
+        assert_eq!(a.ports().in_use(), 4);
+        assert_eq!(a.metrics.offers_rolled_back.get(), 1);
+        a.offer_failed("no-such-call");
+    }
+
+    #[test]
+    fn failed_offer_refused_by_the_anchor_itself_is_rolled_back() {
+        // the second m-line is SRTP without a supported suite: 488 after the first was applied
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let before = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        let bad = "v=0\r\no=- 1 2 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+m=audio 4100 RTP/AVP 0\r\nm=audio 4200 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let e = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), bad.as_bytes()).unwrap_err();
+        assert_eq!(e.status().0, 488);
+        a.offer_failed("c1"); // what the proxy does for a refused re-INVITE
+        assert_eq!(a.backend().open[&StreamKey { call: 1, index: 0 }], before);
+        assert_eq!(a.ports().in_use(), 2);
+        assert_eq!(a.calls(), 1, "the call itself goes on");
+    }
+
+    #[test]
+    fn failed_srtp_rekey_keeps_the_old_keys() {
+        let key_a = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let key_b = "inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+        let offer = |k: &str, port: u16| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 {k}\r\n"
+            )
+            .into_bytes()
+        };
+        let (mut a, _) = anchor(30000, 30099);
+        a.config.srtp[1] = SrtpPolicy::Plain;
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer(key_a, 4000)).unwrap();
+        let first = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let key = StreamKey { call: 1, index: 0 };
+        let before = a.backend().open[&key];
+        // the carrier re-keys and moves in a re-INVITE that the PBX refuses
+        let again = a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer(key_b, 4100)).unwrap();
+        assert!(!String::from_utf8(again).unwrap().contains("crypto"), "still plain toward the PBX");
+        assert_ne!(a.backend().open[&key].remote[0].srtp_rx, before.remote[0].srtp_rx);
+        a.offer_failed("c1");
+        assert_eq!(a.backend().open[&key], before, "decrypts with the old key, encrypts with the announced one");
+        // the next answer toward the carrier still announces the key it was given first
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &offer(key_a, 4000)).unwrap();
+        let next = a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let ours = |b: &[u8]| SrtpKey::from_crypto(&sdp::parse(b).unwrap().media[0].crypto[0]);
+        assert_eq!(ours(&next), ours(&first));
+    }
+
+    #[test]
+    fn glare_both_refused_returns_to_the_state_before_either() {
+        let (mut a, _) = anchor(30000, 30099);
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4000, "")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Answer), &sdp("198.51.100.2", 5000, "")).unwrap();
+        let before = a.backend().open[&StreamKey { call: 1, index: 0 }];
+        // both sides send a re-INVITE at once; each refuses the other's with 491 (RFC 3261 §14.2)
+        a.rewrite(ctx("c1", Leg::Caller, SdpRole::Offer), &sdp("192.0.2.1", 4100, "a=sendonly\r\n")).unwrap();
+        a.rewrite(ctx("c1", Leg::Callee, SdpRole::Offer), &two_streams("198.51.100.2", 5100, 5102, "")).unwrap();
+        a.offer_failed("c1");
+        a.offer_failed("c1");
+        assert_eq!(a.backend().open[&StreamKey { call: 1, index: 0 }], before);
+        assert_eq!(a.backend().open.len(), 1);
+        assert_eq!(a.ports().in_use(), 2);
     }
 
     #[test]

@@ -1037,6 +1037,23 @@ mod tests {
     }
 
     #[test]
+    fn malformed_extension_toward_an_srtp_leg_is_dropped_not_a_panic() {
+        // the fuzz crash: a plain carrier's packet that rtc-srtp could not encrypt without
+        // slicing past its end, on its way to an SRTP PBX
+        use crate::media::srtp::{tests::EXT_OVERRUN, SrtpKey};
+        let (mut c, t0) = core();
+        let mut st = setup(false);
+        st.remote[1].srtp_tx = Some(SrtpKey::generate(false));
+        let id = c.add_stream(t0, st);
+        let v = c.handle_packet(t0, rtp_sock(id, Leg::Caller), addr(CALLER), &EXT_OVERRUN);
+        assert_eq!(v, Verdict::Drop(DropReason::SrtpProtect));
+        // and the stream goes on
+        let ok = rtp(0, 8, 1280, 0x1234, &[0x55; 160]);
+        let v = c.handle_packet(t0, rtp_sock(id, Leg::Caller), addr(CALLER), &ok);
+        assert_eq!(v, Verdict::ForwardRewritten { via: rtp_sock(id, Leg::Callee), to: addr(CALLEE) });
+    }
+
+    #[test]
     fn srtp_carrier_to_plain_pbx_and_back() {
         use crate::media::srtp::SrtpKey;
         use crate::media::tap::{TapEvent, TapFrame};

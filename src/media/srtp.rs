@@ -9,9 +9,20 @@
 //! a replayed or forged packet fails authentication and is dropped before it can latch a leg.
 //!
 //! The crate returns a fresh buffer per packet; that allocation is paid only on SRTP legs.
+//!
+//! `rtc-srtp` encrypts (and decrypts) from the offset at which `rtc-rtp` would *re-serialise* the
+//! header, not from where the payload starts on the wire. For a malformed RFC 8285 header
+//! extension (an element running past the declared extension length, or data after the reserved
+//! id 15) the two differ: encrypting then slices past the packet and panics, which on a relay
+//! shard would end the media of every call on it. Any RTP packet from a plain leg reaches
+//! `protect` when the other leg is SRTP, so this was remotely triggerable (found by
+//! `fuzz/fuzz_targets/rtp_parse.rs`). Packets whose two header lengths disagree are refused
+//! (`protect`/`unprotect` return an error; the relay drops and counts them). Packets without an
+//! extension always agree and pay nothing for the check.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use rtc_shared::marshal::{MarshalSize, Unmarshal};
 use rtc_srtp::context::Context;
 use rtc_srtp::crypto::providers::RingCrypto;
 use rtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
@@ -128,6 +139,9 @@ impl Session {
 
     /// SRTP or SRTCP (by `rtcp`) to plain, into `out`.
     pub fn unprotect(&mut self, rtcp: bool, packet: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if !rtcp && !header_lengths_agree(packet) {
+            return Err(SrtpError::Unprotect);
+        }
         let plain = if rtcp { self.ctx.decrypt_rtcp(packet) } else { self.ctx.decrypt_rtp(packet) }
             .map_err(|_| SrtpError::Unprotect)?;
         out.clear();
@@ -137,11 +151,32 @@ impl Session {
 
     /// Plain RTP or RTCP to SRTP/SRTCP, into `out`.
     pub fn protect(&mut self, rtcp: bool, packet: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if !rtcp && !header_lengths_agree(packet) {
+            return Err(SrtpError::Protect);
+        }
         let sealed = if rtcp { self.ctx.encrypt_rtcp(packet) } else { self.ctx.encrypt_rtp(packet) }
             .map_err(|_| SrtpError::Protect)?;
         out.clear();
         out.extend_from_slice(&sealed);
         Ok(())
+    }
+}
+
+/// Whether the RTP header's length on the wire (fixed part, CSRCs, extension as declared) is the
+/// length `rtc-rtp` measures after parsing it, the offset `rtc-srtp` encrypts from (see the module
+/// documentation). A packet too short for its header does not agree either.
+fn header_lengths_agree(packet: &[u8]) -> bool {
+    let Some(&first) = packet.first() else { return false };
+    let fixed = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 == 0 {
+        // no extension: rtc-rtp's length is the fixed part and CSRCs, like the wire's
+        return packet.len() >= fixed;
+    }
+    let Some(words) = packet.get(fixed + 2..fixed + 4) else { return false };
+    let wire = fixed + 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    match rtc_rtp::Header::unmarshal(&mut &packet[..]) {
+        Ok(h) => packet.len() >= wire && h.marshal_size() == wire,
+        Err(_) => false,
     }
 }
 
@@ -156,7 +191,7 @@ pub fn rekey(slot: &mut Option<Session>, key: Option<SrtpKey>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::media::rtp::tests::{rtcp_rr, rtp};
 
@@ -219,6 +254,41 @@ mod tests {
         assert_eq!(far_rx.decrypt_rtp(&out).unwrap().to_vec(), plain);
         tx.protect(true, &rtcp_rr(9), &mut out).unwrap();
         assert_eq!(far_rx.decrypt_rtcp(&out).unwrap().to_vec(), rtcp_rr(9));
+    }
+
+    /// The fuzz crash (fuzz/corpus/rtp_parse/crash_ext_element_overrun.bin): CC=2, P and X set,
+    /// a one-byte-header extension of one word whose first element claims 16 bytes. rtc-srtp's
+    /// encrypt sliced from byte 44 of this 42-byte packet and panicked.
+    pub(crate) const EXT_OVERRUN: [u8; 42] = [
+        0xb2, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0xa0, 0x00, 0x00, 0x12, 0x34, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        0x00, 0x02, 0xbe, 0xde, 0x00, 0x01, 0x0f, 0xaa, 0x4b, 0x4c, 0x6e, 0x6f, 0x5f, 0x64, 0x6f, 0x6e, 0x4d, 0x4e,
+        0x4f, 0x00, 0xb6, 0x00, 0x20, 0x04,
+    ];
+
+    #[test]
+    fn malformed_extension_is_refused_not_a_panic() {
+        let mut tx = Session::new(SrtpKey::generate(false)).unwrap();
+        let mut rx = Session::new(SrtpKey::generate(false)).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(tx.protect(false, &EXT_OVERRUN, &mut out), Err(SrtpError::Protect));
+        assert_eq!(rx.unprotect(false, &EXT_OVERRUN, &mut out), Err(SrtpError::Unprotect));
+        // data after the reserved id 15 makes rtc-rtp's length shorter than the wire's
+        let mut short = rtp(0, 1, 160, 0x1234, &[0x55; 20]);
+        short[0] |= 0x10;
+        short.splice(12..12, [0xbe, 0xde, 0x00, 0x02, 0x10, 0xaa, 0xf0, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        assert_eq!(tx.protect(false, &short, &mut out), Err(SrtpError::Protect));
+        // a well-formed one-byte extension (an element, then padding) goes through both ways
+        let mut ok = rtp(0, 2, 320, 0x1234, &[0x55; 20]);
+        ok[0] |= 0x10;
+        ok.splice(12..12, [0xbe, 0xde, 0x00, 0x01, 0x10, 0xaa, 0x00, 0x00]);
+        let far = tx.key();
+        tx.protect(false, &ok, &mut out).unwrap();
+        let sealed = out.clone();
+        let mut far_rx = Session::new(far).unwrap();
+        far_rx.unprotect(false, &sealed, &mut out).unwrap();
+        assert_eq!(out, ok);
+        // and a packet shorter than its CSRC list is refused before the crate sees it
+        assert_eq!(tx.protect(false, &[0x8f, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1], &mut out), Err(SrtpError::Protect));
     }
 
     #[test]

@@ -200,14 +200,15 @@ impl Shard {
                 return;
             }
             let now = Instant::now();
+            // Commands before packets: an update queued (an answer's addresses, keys) before a
+            // packet arrived must apply to it, whatever order epoll reports the two in.
+            if events.iter().any(|ev| ev.token() == WAKE) && !self.commands(now) {
+                // counts since the last tick would be lost otherwise
+                self.core.flush();
+                return;
+            }
             for ev in events.iter() {
-                if ev.token() == WAKE {
-                    if !self.commands(now) {
-                        // counts since the last tick would be lost otherwise
-                        self.core.flush();
-                        return;
-                    }
-                } else {
+                if ev.token() != WAKE {
                     self.readable(now, ev.token().0, &mut buf);
                 }
             }

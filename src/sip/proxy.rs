@@ -1124,12 +1124,18 @@ impl Proxy {
         let (code, reason) = e.status();
         tracing::info!(code, "media anchoring refused a session description");
         let extra: &[(&str, &str)] = if code == 503 { &[("Retry-After", "5")] } else { &[] };
-        if let Some(ctx) = self.contexts.get_mut(&sid) {
+        let initial = self.contexts.get_mut(&sid).is_none_or(|ctx| {
             ctx.final_sent = true;
-        }
+            ctx.initial_invite
+        });
         self.respond(now, sid, req, code, reason, extra);
-        self.dialogs.invite_response(now, req.call_id(), code, false);
-        self.anchor.release(req.call_id());
+        if initial {
+            self.dialogs.invite_response(now, req.call_id(), code, false);
+            self.anchor.release(req.call_id());
+        } else {
+            // a refused re-INVITE or UPDATE: the call goes on with the media it had
+            self.anchor.offer_failed(req.call_id());
+        }
     }
 
     fn on_ack(&mut self, now: Instant, from: Peer, req: Message, key: ServerKey) {
@@ -1440,6 +1446,8 @@ impl Proxy {
         let call_id = ctx.request.call_id().to_string();
         let initial_invite = ctx.initial_invite;
         let method = ctx.method.clone();
+        // a re-INVITE or UPDATE whose offer the anchor applied when forwarding it
+        let failed_offer = !initial_invite && ctx.request.has_sdp();
         ctx.final_sent = true;
         match best {
             Some(resp) => {
@@ -1484,6 +1492,10 @@ impl Proxy {
                     self.anchor.release(&call_id);
                 }
             }
+        }
+        if failed_offer {
+            // RFC 3261 §14.1: a failed re-INVITE leaves the session as it was
+            self.anchor.offer_failed(&call_id);
         }
         if method == Method::Bye && self.dialogs.terminate(&call_id) {
             self.endings.remove(&call_id);

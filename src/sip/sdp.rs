@@ -68,6 +68,12 @@ pub trait MediaAnchor: Send {
     fn rewrite(&mut self, ctx: SdpContext<'_>, sdp: &[u8]) -> Result<Vec<u8>, AnchorError>;
     /// The call is over (BYE, CANCEL, failed INVITE, timeout): release whatever it holds.
     fn release(&mut self, call_id: &str);
+    /// The request that carried the call's latest offer (a re-INVITE or UPDATE) ended without a
+    /// 2xx: 4xx-6xx, timeout, CANCEL, or the anchor's own refusal. RFC 3261 §14.1 and RFC 3311
+    /// §5.1: the session goes on exactly as before the offer, so the anchor puts back what the
+    /// offer changed and frees what it added. Not called for a failed initial INVITE
+    /// ([`MediaAnchor::release`] is).
+    fn offer_failed(&mut self, call_id: &str);
     /// When the anchor next needs [`MediaAnchor::handle_timeout`] (media checks, quarantine).
     fn poll_timeout(&self) -> Option<Instant> {
         None
@@ -98,6 +104,9 @@ impl MediaAnchor for PassThrough {
     }
 
     fn release(&mut self, _call_id: &str) {}
+
+    /// Nothing to put back: descriptions pass through, so no media state follows them.
+    fn offer_failed(&mut self, _call_id: &str) {}
 }
 
 /// Minimal structural check (RFC 4566 §5): starts with `v=0` and every line is `x=...`.

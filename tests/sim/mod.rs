@@ -133,6 +133,8 @@ pub struct Ua {
     pub extra_headers: Vec<(String, String)>,
     /// The INVITE received, kept to build later responses.
     pub invites: HashMap<String, Message>,
+    /// What this UA does with an in-dialog INVITE (a re-INVITE), when not what `mode` says.
+    pub reinvite: Option<UasMode>,
 }
 
 impl Ua {
@@ -154,6 +156,7 @@ impl Ua {
             tag: format!("t{}", a.len() + a.bytes().map(|b| b as usize).sum::<usize>()),
             extra_headers: Vec::new(),
             invites: HashMap::new(),
+            reinvite: None,
         }
     }
 
@@ -306,8 +309,12 @@ impl Ua {
         self.servers.insert(key.clone(), ServerTransaction::new(kind, now, false, self.timers));
         let tag = self.tag.clone();
         let contact = format!("<sip:pbx@{}>", self.addr);
+        let mode = match self.reinvite {
+            Some(m) if method == Method::Invite && req.to().tag().is_some() => m,
+            _ => self.mode,
+        };
         match method {
-            Method::Invite if self.mode == UasMode::Silent => {}
+            Method::Invite if mode == UasMode::Silent => {}
             Method::Invite => {
                 // RFC 3261 §12.1.1: the UAS copies Record-Route into responses that create a dialog.
                 let rr = req.record_routes().iter().map(|r| r.raw.clone()).collect::<Vec<_>>().join(", ");
@@ -321,7 +328,7 @@ impl Ua {
                 }
                 let ringing = message::response(&req, 180, "Ringing", Some(&tag), &extra);
                 self.respond_now(now, net, from, &key, 180, ringing);
-                match self.mode {
+                match mode {
                     UasMode::Answer => {
                         let ok =
                             with_body(message::response(&req, 200, "OK", Some(&tag), &extra), &sdp(self.addr, 40000));
@@ -441,6 +448,9 @@ impl MediaAnchor for FakeAnchor {
     fn release(&mut self, call_id: &str) {
         self.log.lock().unwrap().push(format!("release {call_id}"));
     }
+    fn offer_failed(&mut self, call_id: &str) {
+        self.log.lock().unwrap().push(format!("offer_failed {call_id}"));
+    }
     fn early_answer(&mut self, call_id: &str) -> Result<Vec<u8>, AnchorError> {
         if self.refuse_early {
             return Err(AnchorError::NotAcceptable("no G.711".into()));
@@ -478,16 +488,28 @@ pub struct Sim {
 impl Sim {
     /// A proxy routing every user to `upstreams` (PBX1, PBX2, ... in failover order).
     pub fn new(seed: u64, pbx_modes: &[UasMode]) -> Sim {
-        Sim::build(seed, pbx_modes, "", None)
+        Sim::build(seed, pbx_modes, "", None, None)
     }
 
     /// A proxy with `route_keys` added to its one route (e.g. `consent = "ivr"`), the
     /// [`FakeAnchor`] (or a refusing one) and an event channel.
     pub fn consent(seed: u64, pbx_modes: &[UasMode], route_keys: &str, anchor: FakeAnchor) -> Sim {
-        Sim::build(seed, pbx_modes, route_keys, Some(anchor))
+        Sim::build(seed, pbx_modes, route_keys, Some(anchor), None)
     }
 
-    fn build(seed: u64, pbx_modes: &[UasMode], route_keys: &str, anchor: Option<FakeAnchor>) -> Sim {
+    /// A proxy with its own media anchor (e.g. the real `media::anchor::Anchor` over a recording
+    /// backend), no event channel.
+    pub fn with_anchor(seed: u64, pbx_modes: &[UasMode], anchor: Box<dyn MediaAnchor>) -> Sim {
+        Sim::build(seed, pbx_modes, "", None, Some(anchor))
+    }
+
+    fn build(
+        seed: u64,
+        pbx_modes: &[UasMode],
+        route_keys: &str,
+        anchor: Option<FakeAnchor>,
+        own: Option<Box<dyn MediaAnchor>>,
+    ) -> Sim {
         let ups: Vec<String> = [PBX1, PBX2].iter().take(pbx_modes.len()).map(|a| format!("\"udp:{a}\"")).collect();
         let toml = format!(
             "[sip]\nlisten = [\"udp:{PROXY}\", \"tcp:{PROXY}\"]\n[[sip.routes]]\nmatch_user = \".*\"\nupstream = [{}]\n{route_keys}\n",
@@ -502,7 +524,10 @@ impl Sim {
         let timers = cfg.timers;
         let metrics = Metrics::new();
         let (proxy, events, fake) = match anchor {
-            None => (Proxy::new(cfg, metrics.sip.clone(), Box::new(PassThrough)), None, FakeAnchor::default()),
+            None => {
+                let own = own.unwrap_or_else(|| Box::new(PassThrough));
+                (Proxy::new(cfg, metrics.sip.clone(), own), None, FakeAnchor::default())
+            }
             Some(a) => {
                 let mut proxy = Proxy::new(cfg, metrics.sip.clone(), Box::new(a.clone()));
                 let (tx, rx) = channel();
