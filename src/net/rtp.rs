@@ -233,7 +233,21 @@ impl Shard {
                 Err(_) => continue,
             };
             let data = &buf[..n];
-            let (via, to, bytes) = match self.core.handle_packet(now, sock(token), src, data) {
+            // A panic on one packet (in our code or a dependency's: the fuzzer found one in
+            // rtc-srtp) must cost that packet, not the shard thread and every call on it.
+            let core = &mut self.core;
+            let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                core.handle_packet(now, sock(token), src, data)
+            }));
+            let verdict = match verdict {
+                Ok(v) => v,
+                Err(_) => {
+                    self.metrics.dropped.get_or_create(&ReasonLabels { reason: "panic" }).inc();
+                    tracing::error!("media packet handling panicked; packet dropped, shard continues");
+                    continue;
+                }
+            };
+            let (via, to, bytes) = match verdict {
                 Verdict::Forward { via, to } => (via, to, data),
                 Verdict::ForwardRewritten { via, to } => (via, to, self.core.rewritten()),
                 Verdict::Drop(_) => continue,
