@@ -617,6 +617,33 @@ fn info_dtmf_is_reported_and_suppressed_under_secure_entry() {
 }
 
 #[test]
+fn secure_entry_by_api_command_holds_back_info_digits_and_tells_the_relay() {
+    let anchor = FakeAnchor::default();
+    let mut sim = Sim::consent(29, &[UasMode::Answer], "name = \"r\"\nconsent = \"header\"", anchor.clone());
+    sim.carrier_sends(invite("api-se", "z9hG4bKa1", 1));
+    sim.run_for(Duration::from_secs(2));
+    let ok = sim.carrier.last_final_200.clone().unwrap();
+    assert!(!anchor.lines().iter().any(|l| l.starts_with("secure")), "{:?}", anchor.lines());
+
+    sim.command(CallCommand::SecureEntry { call_id: "api-se".into(), on: true });
+    sim.run_for(Duration::from_millis(100));
+    assert!(anchor.lines().contains(&"secure api-se true".to_string()), "{:?}", anchor.lines());
+    sim.carrier_sends(relay_info(&ok, "z9hG4bKa2", 2, "Signal=7\r\nDuration=160\r\n"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Info), 0, "held back under secure entry");
+
+    sim.command(CallCommand::SecureEntry { call_id: "api-se".into(), on: false });
+    sim.run_for(Duration::from_millis(100));
+    assert!(anchor.lines().contains(&"secure api-se false".to_string()));
+    sim.carrier_sends(relay_info(&ok, "z9hG4bKa3", 3, "Signal=7\r\nDuration=160\r\n"));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(count(&sim.pbx[0].requests, Method::Info), 1);
+
+    sim.command(CallCommand::SecureEntry { call_id: "no-such-call".into(), on: true });
+    assert_eq!(sim.metric("callveil_sip_dropped_total{kind=\"secure_entry_unknown_call\"}"), Some(1.0));
+}
+
+#[test]
 fn every_call_reports_started_and_ended_exactly_once() {
     // rejected
     let mut sim =

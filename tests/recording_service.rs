@@ -196,6 +196,40 @@ async fn consent_api_endpoint() {
     tokio::task::spawn_blocking(move || svc.stop()).await.expect("stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_entry_api_endpoint() {
+    let metrics = Arc::new(Metrics::new());
+    let (svc, events, mut cmds, _store) = start("ivr", &metrics);
+    let server =
+        MetricsServer::start_with_api("127.0.0.1:0".parse().expect("addr"), metrics.clone(), Some(svc.consent_api()))
+            .await
+            .expect("server");
+    let addr = server.local_addr();
+    assert_eq!(http(addr, "POST", "/calls/nope/secure-entry", "on").await.0, 404);
+    events.send(started("se1")).expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, text) = http(addr, "POST", "/calls/se1/secure-entry", "yes").await;
+    assert_eq!(code, 400);
+    assert!(text.contains("on, off"), "{text}");
+    assert_eq!(http(addr, "GET", "/calls/se1/secure-entry", "").await.0, 405);
+    for (body, on) in [("on", true), ("OFF\n", false)] {
+        assert_eq!(http(addr, "POST", "/calls/se1/secure-entry", body).await.0, 202);
+        let got = loop {
+            match tokio::time::timeout(Duration::from_secs(5), cmds.recv()).await.expect("command") {
+                Some(CallCommand::SecureEntry { call_id, on }) => break (call_id, on),
+                Some(_) => continue,
+                None => panic!("service stopped"),
+            }
+        };
+        assert_eq!(got, ("se1".to_string(), on));
+    }
+    events.send(CallEvent::Ended { call_id: "se1".into() }).expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(http(addr, "POST", "/calls/se1/secure-entry", "on").await.0, 404, "ended call");
+    server.stop().await;
+    tokio::task::spawn_blocking(move || svc.stop()).await.expect("stop");
+}
+
 /// The production store: the vault's `Recorder` takes the ledger record and the recording, and
 /// the decision is in the ledger with the recording's basis pointing at it.
 #[test]

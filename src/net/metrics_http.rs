@@ -1,8 +1,10 @@
 //! The Prometheus scrape endpoint: `GET /metrics` returns [`Metrics::encode`] as OpenMetrics
-//! text. When started with a [`ConsentApi`] it also serves the `api` consent mode's endpoint,
-//! `POST /calls/{call_id}/consent` with body `granted`, `declined` or `revoked`: 202 when the
-//! recording path took the signal, 404 for an unknown call, 400 (with the reason) for a bad
-//! body or call id, 503 when the recording path is not running. Every other request gets 404.
+//! text. When started with a [`ConsentApi`] it also serves two call endpoints:
+//! `POST /calls/{call_id}/consent` with body `granted`, `declined` or `revoked` (the `api` consent
+//! mode, and revocation), and `POST /calls/{call_id}/secure-entry` with body `on` or `off`. Both
+//! answer 202 when the recording path took the request, 404 for an unknown call, 400 (with the
+//! reason) for a bad body or call id, 405 for another method, 503 when the recording path is not
+//! running. Every other request gets 404.
 //!
 //! HTTP/1.1 only, a small cap on concurrent connections and a header read timeout, because the
 //! endpoint may be reachable from more places than the scraper. It serves nothing else (no
@@ -49,7 +51,8 @@ impl MetricsServer {
         MetricsServer::start_with_api(addr, metrics, None).await
     }
 
-    /// As [`MetricsServer::start`], also serving `POST /calls/{call_id}/consent` through `api`.
+    /// As [`MetricsServer::start`], also serving the call endpoints (`POST
+    /// /calls/{call_id}/consent` and `/secure-entry`) through `api`.
     pub async fn start_with_api(
         addr: SocketAddr,
         metrics: Arc<Metrics>,
@@ -123,10 +126,25 @@ async fn accept_loop(
     }
 }
 
-/// `call_id` of a `/calls/{call_id}/consent` path (percent-decoding is not needed: Call-IDs
-/// callveil sees are plain tokens; anything else simply matches no call).
-fn consent_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/calls/")?.strip_suffix("/consent").filter(|id| !id.is_empty() && !id.contains('/'))
+/// The two things a call endpoint can ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallRoute {
+    Consent,
+    SecureEntry,
+}
+
+/// `call_id` and route of a `/calls/{call_id}/consent` or `/calls/{call_id}/secure-entry` path
+/// (percent-decoding is not needed: Call-IDs callveil sees are plain tokens; anything else
+/// simply matches no call).
+fn call_path(path: &str) -> Option<(&str, CallRoute)> {
+    let rest = path.strip_prefix("/calls/")?;
+    let (id, route) = rest.rsplit_once('/')?;
+    let route = match route {
+        "consent" => CallRoute::Consent,
+        "secure-entry" => CallRoute::SecureEntry,
+        _ => return None,
+    };
+    (!id.is_empty() && !id.contains('/')).then_some((id, route))
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -135,26 +153,43 @@ fn text(status: StatusCode, msg: &str) -> (StatusCode, &'static str, Bytes) {
     (status, TEXT, Bytes::from(format!("{msg}\n")))
 }
 
-async fn consent(req: Request<Incoming>, api: &ConsentApi) -> (StatusCode, &'static str, Bytes) {
+async fn call_request(req: Request<Incoming>, api: &ConsentApi) -> (StatusCode, &'static str, Bytes) {
     use http_body_util::BodyExt;
-    let Some(call_id) = consent_path(req.uri().path()).map(str::to_string) else {
+    let Some((call_id, route)) = call_path(req.uri().path()).map(|(id, r)| (id.to_string(), r)) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
     if call_id.len() > MAX_CALL_ID {
         return text(StatusCode::BAD_REQUEST, "call id too long");
     }
+    let expected = match route {
+        CallRoute::Consent => "body must be one of: granted, declined, revoked",
+        CallRoute::SecureEntry => "body must be one of: on, off",
+    };
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::BAD_REQUEST, "body must be one of: granted, declined, revoked"),
+        Err(_) => return text(StatusCode::BAD_REQUEST, expected),
     };
     let Ok(word) = std::str::from_utf8(&body) else {
-        return text(StatusCode::BAD_REQUEST, "body is not UTF-8; expected granted, declined or revoked");
+        return text(StatusCode::BAD_REQUEST, expected);
     };
-    let Ok(signal) = word.parse::<ConsentSignal>() else {
-        return text(StatusCode::BAD_REQUEST, "body must be one of: granted, declined, revoked");
+    let (answer, result) = match route {
+        CallRoute::Consent => {
+            let Ok(signal) = word.parse::<ConsentSignal>() else {
+                return text(StatusCode::BAD_REQUEST, expected);
+            };
+            (signal.as_str(), api.signal(&call_id, signal).await)
+        }
+        CallRoute::SecureEntry => {
+            let on = match word.trim().to_ascii_lowercase().as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return text(StatusCode::BAD_REQUEST, expected),
+            };
+            (if on { "on" } else { "off" }, api.secure_entry(&call_id, on).await)
+        }
     };
-    match api.signal(&call_id, signal).await {
-        Ok(()) => text(StatusCode::ACCEPTED, signal.as_str()),
+    match result {
+        Ok(()) => text(StatusCode::ACCEPTED, answer),
         Err(ApiError::UnknownCall) => text(StatusCode::NOT_FOUND, "no such call"),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
@@ -163,9 +198,9 @@ async fn consent(req: Request<Incoming>, api: &ConsentApi) -> (StatusCode, &'sta
 async fn respond(req: Request<Incoming>, metrics: &Metrics, api: Option<&ConsentApi>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if req.method() == Method::GET && req.uri().path() == "/metrics" {
         (StatusCode::OK, CONTENT_TYPE, Bytes::from(metrics.encode()))
-    } else if let (Some(api), true) = (api, consent_path(req.uri().path()).is_some()) {
+    } else if let (Some(api), true) = (api, call_path(req.uri().path()).is_some()) {
         if req.method() == Method::POST {
-            consent(req, api).await
+            call_request(req, api).await
         } else {
             text(StatusCode::METHOD_NOT_ALLOWED, "use POST")
         }
@@ -178,4 +213,20 @@ async fn respond(req: Request<Incoming>, metrics: &Metrics, api: Option<&Consent
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_paths() {
+        assert_eq!(call_path("/calls/a84b@h/consent"), Some(("a84b@h", CallRoute::Consent)));
+        assert_eq!(call_path("/calls/x-1/secure-entry"), Some(("x-1", CallRoute::SecureEntry)));
+        for bad in
+            ["/calls//consent", "/calls/a/b/consent", "/calls/a/other", "/calls/a", "/metrics", "/calls/a/consent/"]
+        {
+            assert_eq!(call_path(bad), None, "{bad}");
+        }
+    }
 }

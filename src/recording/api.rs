@@ -1,7 +1,7 @@
-//! The hand-off between the HTTP consent endpoint (`POST /calls/{call_id}/consent`, served by
-//! `net::metrics_http`) and the recording service's thread: [`ConsentApi`] is a cheap clonable
-//! handle that passes a signal over a channel and waits (asynchronously, bounded) for the
-//! service to say whether it knows the call.
+//! The hand-off between the HTTP call endpoints (`POST /calls/{call_id}/consent` and
+//! `POST /calls/{call_id}/secure-entry`, served by `net::metrics_http`) and the recording
+//! service's thread: [`ConsentApi`] is a cheap clonable handle that passes a request over a
+//! channel and waits (asynchronously, bounded) for the service to say whether it knows the call.
 //!
 //! It does not parse HTTP, decide consent or log call ids with signals (a call id is not
 //! personal data, but the endpoint is the place that answers, not this module).
@@ -11,10 +11,19 @@ use std::time::Duration;
 
 use crate::sip::events::ConsentSignal;
 
-/// One signal from the API, answered with whether the call is known.
+/// What the API asks of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// A consent decision or its withdrawal (`api` consent mode; revocation in any mode).
+    Consent(ConsentSignal),
+    /// Secure entry on or off: the caller's DTMF is kept from the agent leg while on.
+    SecureEntry(bool),
+}
+
+/// One request from the API, answered with whether the call is known.
 pub struct ApiSignal {
     pub call_id: String,
-    pub signal: ConsentSignal,
+    pub request: ApiRequest,
     pub reply: tokio::sync::oneshot::Sender<bool>,
 }
 
@@ -50,8 +59,17 @@ impl ConsentApi {
 
     /// Passes `signal` for `call_id` to the service and waits for its answer.
     pub async fn signal(&self, call_id: &str, signal: ConsentSignal) -> Result<(), ApiError> {
+        self.request(call_id, ApiRequest::Consent(signal)).await
+    }
+
+    /// Turns secure entry on or off for `call_id` and waits for the service's answer.
+    pub async fn secure_entry(&self, call_id: &str, on: bool) -> Result<(), ApiError> {
+        self.request(call_id, ApiRequest::SecureEntry(on)).await
+    }
+
+    async fn request(&self, call_id: &str, request: ApiRequest) -> Result<(), ApiError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(ApiSignal { call_id: call_id.to_string(), signal, reply }).map_err(|_| ApiError::Unavailable)?;
+        self.tx.send(ApiSignal { call_id: call_id.to_string(), request, reply }).map_err(|_| ApiError::Unavailable)?;
         match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(ApiError::UnknownCall),

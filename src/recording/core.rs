@@ -343,6 +343,19 @@ impl RecordingPath {
         true
     }
 
+    /// `POST /calls/{call_id}/secure-entry`: asks the proxy (which also stops forwarding the
+    /// caller's INFO digits) and the relay to turn secure entry on or off. False for an unknown
+    /// or ended call.
+    pub fn handle_secure_entry_api(&mut self, call_id: &str, on: bool) -> bool {
+        match self.calls.get(call_id) {
+            Some(c) if !c.ended => {
+                self.out.push_back(Output::Command(CallCommand::SecureEntry { call_id: call_id.to_string(), on }));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// One item from the call's tap queue.
     pub fn handle_tap(&mut self, now: Instant, call_id: &str, frame: TapFrame, store: &mut dyn RecordingStore) {
         let Some(c) = self.calls.get_mut(call_id) else {

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::consent::prompts::Prompts;
 use crate::media::tap::TapFrame;
 use crate::metrics::{Metrics, RecordingMetrics, RedactMetrics};
-use crate::recording::api::{ApiSignal, ConsentApi};
+use crate::recording::api::{ApiRequest, ApiSignal, ConsentApi};
 use crate::recording::core::{Output, PathConfig, RecordingPath, RecordingStore};
 use crate::redact::pipeline::Job;
 use crate::sip::events::{CallCommand, CallEvent, MediaCommand};
@@ -245,7 +245,10 @@ impl Worker {
         }
         self.outputs();
         while let Ok(sig) = self.api.try_recv() {
-            let known = self.core.handle_api(now(), &sig.call_id, sig.signal, &mut *self.store);
+            let known = match sig.request {
+                ApiRequest::Consent(signal) => self.core.handle_api(now(), &sig.call_id, signal, &mut *self.store),
+                ApiRequest::SecureEntry(on) => self.core.handle_secure_entry_api(&sig.call_id, on),
+            };
             let _ = sig.reply.send(known);
         }
         self.outputs();

@@ -81,6 +81,9 @@ pub enum CallCommand {
     Release { call_id: String },
     /// End the call on both legs (BYE when answered, else CANCEL / 480 to the caller).
     End { call_id: String, reason: String },
+    /// Secure entry on or off (the API's request): the proxy stops forwarding the caller's INFO
+    /// digits and the relay suppresses their telephone-events and tones toward the callee.
+    SecureEntry { call_id: String, on: bool },
     /// For the media anchor.
     Media(MediaCommand),
 }

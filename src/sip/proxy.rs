@@ -332,6 +332,13 @@ impl Proxy {
                     self.metrics.drop("end_unknown_call");
                 }
             }
+            CallCommand::SecureEntry { call_id, on } => {
+                if self.calls.contains_key(&call_id) {
+                    self.set_secure(&call_id, on);
+                } else {
+                    self.metrics.drop("secure_entry_unknown_call");
+                }
+            }
             CallCommand::Media(cmd) => self.anchor.control(cmd),
         }
         self.flush_events();
@@ -925,11 +932,17 @@ impl Proxy {
                     return;
                 }
             };
-            if let Some(c) = self.calls.get_mut(call_id) {
-                c.secure = on;
-            }
-            self.anchor.control(MediaCommand::SecureEntry { call_id: call_id.to_string(), on });
+            self.set_secure(call_id, on);
         }
+    }
+
+    /// Secure entry for one call, from a trusted PBX header or the API: INFO digits from the
+    /// caller stop (or resume) being forwarded, and the relay is told.
+    fn set_secure(&mut self, call_id: &str, on: bool) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.secure = on;
+        }
+        self.anchor.control(MediaCommand::SecureEntry { call_id: call_id.to_string(), on });
     }
 
     fn emit_started(&mut self, call_id: &str, ids: Option<(Pii<String>, Pii<String>)>, route: &str, held: bool) {
