@@ -16,13 +16,15 @@
 //! at the onset of a key press, in the packet where it starts, and only when it starts within the
 //! packet's last [`WINDOW`] samples: at most [`LEAK_BOUND_SAMPLES`] (12.75 ms) per key press for
 //! tones the detector accepts (per-tone amplitude ≥ 200, i.e. above about -44 dBFS; twist within
-//! +8 / -4 dB). Tones outside those limits are not valid DTMF for a Q.24 receiver either and pass.
+//! Q.24's 8 dB normal / 4 dB reverse, which the detector accepts with a 1 dB margin). Tones outside
+//! those limits are not valid DTMF for a Q.24 receiver either and pass.
 //! Other codecs (G.729, Opus...) cannot be inspected here and pass unchanged: routes that need
 //! secure entry should offer only G.711. No packet is delayed: the decision is made on the packet
 //! in hand, so secure entry adds no latency.
 //!
 //! Cost: only streams with secure entry on pay for decoding and about four 102-sample Goertzel
-//! windows (eight filters) per 20 ms packet; the buffer is allocated once per stream.
+//! windows (eight filters, five more on windows that look like a tone) per 20 ms packet; the
+//! buffer is allocated once per stream.
 
 use crate::dtmf::goertzel::{DetectorConfig, ToneTest, HOP, WINDOW};
 use crate::media::playout::Law;
