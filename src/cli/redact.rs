@@ -46,6 +46,7 @@ pub fn pipeline_config(r: &RedactionConfig) -> PipelineConfig {
             lang: r.language,
             detectors: Detectors::from_names(&r.detectors).unwrap_or_default(),
             min_digits: r.min_digits,
+            payment_context_ms: r.payment_context_ms,
             ..DetectConfig::default()
         },
         pad_ms: r.pad_ms,

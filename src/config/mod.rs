@@ -382,6 +382,10 @@ pub struct RedactionConfig {
     pub pad_ms: u64,
     /// Fail-safe: digit runs at least this long are redacted even when no check digit matches.
     pub min_digits: usize,
+    /// After card data (number, code, expiry), this many ms in which any number of two or more
+    /// digits is redacted: the rest of the card data follows, and its keywords are what ASR
+    /// garbles. 0 turns it off.
+    pub payment_context_ms: u64,
     /// `silence` or `tone` (1 kHz) over redacted audio.
     pub mask: crate::redact::mask::MaskStyle,
     /// Most audio held in RAM per channel before the oldest is released muted (unverified).
@@ -402,6 +406,7 @@ impl Default for RedactionConfig {
             workers: 0,
             pad_ms: 700,
             min_digits: 9,
+            payment_context_ms: 15_000,
             mask: crate::redact::mask::MaskStyle::Silence,
             hold_seconds: 60,
             deadline_ms: 20_000,
@@ -421,6 +426,9 @@ impl RedactionConfig {
             return Err(ConfigError::new("redaction.min_digits", "must be between 4 and 19"));
         }
         // A window is up to 12 s long; the hold must fit two of them plus padding.
+        if self.payment_context_ms > 120_000 {
+            return Err(ConfigError::new("redaction.payment_context_ms", "must be at most 120000"));
+        }
         if !(30..=3_600).contains(&self.hold_seconds) {
             return Err(ConfigError::new("redaction.hold_seconds", "must be between 30 and 3600"));
         }

@@ -83,6 +83,11 @@ pub struct DetectConfig {
     pub context_hold_ms: u64,
     /// Unrecognised words tolerated inside a run while a context is open (ASR garbage).
     pub context_slack: usize,
+    /// After a card number, security code or expiry date, this long a *payment context* stays
+    /// open in which any number of two or more digits is redacted (as expiry, security code or
+    /// digits), because the other card data follows and its keywords are what ASR garbles
+    /// ("the estimated" for "the expiry date"). 0 turns it off.
+    pub payment_context_ms: u64,
 }
 
 impl Default for DetectConfig {
@@ -95,6 +100,7 @@ impl Default for DetectConfig {
             context_ms: 8_000,
             context_hold_ms: 3_000,
             context_slack: 2,
+            payment_context_ms: 15_000,
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct StreamDetector {
     pending: Vec<Word>,
     ctx: Option<Ctx>,
     complete_ms: u64,
+    /// End of the payment context (see [`DetectConfig::payment_context_ms`]).
+    payment_until: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -151,7 +159,7 @@ enum Mode {
 
 impl StreamDetector {
     pub fn new(cfg: DetectConfig) -> StreamDetector {
-        StreamDetector { cfg, pending: Vec::new(), ctx: None, complete_ms: 0 }
+        StreamDetector { cfg, pending: Vec::new(), ctx: None, complete_ms: 0, payment_until: None }
     }
 
     /// Adds the next window's words (time order) and says the transcript is complete up to
@@ -172,12 +180,23 @@ impl StreamDetector {
     pub fn break_stream(&mut self, resume_ms: u64) -> Settled {
         let s = self.scan(Mode::Break);
         self.complete_ms = self.complete_ms.max(resume_ms);
+        // What was held for a keyword's number is released now, so a later run cannot reach back.
+        if let Some(c) = &mut self.ctx {
+            c.keyword_end = None;
+        }
         s
     }
 
-    /// Start of the first word not yet settled: audio from here on must stay held.
+    /// Earliest time a detection still to come may start at: the first word not yet settled, or
+    /// the end of a keyword whose context is still waiting for its number (a run after it is
+    /// stretched back to the keyword). Audio from here on must stay held.
     pub fn horizon_ms(&self) -> Option<u64> {
-        self.pending.first().map(|w| w.start_ms)
+        let word = self.pending.first().map(|w| w.start_ms);
+        let keyword = self.ctx.filter(|c| c.until_ms >= self.complete_ms).and_then(|c| c.keyword_end);
+        match (word, keyword) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn ctx_at(&self, t: u64) -> Option<Ctx> {
@@ -235,10 +254,11 @@ impl StreamDetector {
                 settle_word = t.first_word;
                 break;
             }
-            let (mut kind, uses_letters) = match self.decide(&toks[i..=run.last], ctx.map(|c| c.kind)) {
-                Some((k, l)) => (Some(k), l),
-                None => (None, false),
-            };
+            let (mut kind, uses_letters) =
+                match self.decide(&toks[i..=run.last], ctx.map(|c| c.kind), self.in_payment(t.start_ms)) {
+                    Some((k, l)) => (Some(k), l),
+                    None => (None, false),
+                };
             if kind.is_none() && mode == Mode::Break && !run.stopped {
                 kind = Some(SpanKind::Digits);
             }
@@ -262,6 +282,10 @@ impl StreamDetector {
                     *m = Some(kind);
                 }
                 out.detections.push(Detection { start_ms, end_ms, kind });
+            }
+            if let (Some(SpanKind::Pan | SpanKind::Cvv | SpanKind::Expiry), 1..) = (kind, self.cfg.payment_context_ms) {
+                let until = end_ms + self.cfg.payment_context_ms;
+                self.payment_until = Some(self.payment_until.map_or(until, |u| u.max(until)));
             }
             if let Some(kind) = kind {
                 // A context lasts while digit-like words continue, and a redacted run opens one:
@@ -325,7 +349,11 @@ impl StreamDetector {
     }
 
     /// The kind, and whether letters took part in the match.
-    fn decide(&self, toks: &[Token], ctx: Option<SpanKind>) -> Option<(SpanKind, bool)> {
+    fn in_payment(&self, t: u64) -> bool {
+        self.payment_until.is_some_and(|u| t <= u)
+    }
+
+    fn decide(&self, toks: &[Token], ctx: Option<SpanKind>, in_payment: bool) -> Option<(SpanKind, bool)> {
         let d = &self.cfg.detectors;
         let mut digits = String::new();
         let mut alnum = String::new();
@@ -357,6 +385,18 @@ impl StreamDetector {
         }
         if let Some(k) = ctx {
             return Some((k, false));
+        }
+        if in_payment && digits.len() >= 2 {
+            let month = digits.get(..2).and_then(|m| m.parse::<u8>().ok()).is_some_and(|m| (1..=12).contains(&m));
+            if d.expiry && digits.len() == 4 && month {
+                return Some((SpanKind::Expiry, false));
+            }
+            if d.cvv && (3..=4).contains(&digits.len()) {
+                return Some((SpanKind::Cvv, false));
+            }
+            if d.digits {
+                return Some((SpanKind::Digits, false));
+            }
         }
         if digits.len() == 9 {
             if d.national_id && self.cfg.lang == Lang::Pt && checks::is_pt_nif(&digits) {
@@ -498,10 +538,11 @@ mod tests {
         let w1 = words(0, "card number is 4111 1111");
         let end1 = w1.last().unwrap().end_ms + 100;
         let s1 = d.push(w1, end1);
-        // The run is open: its words are held, the horizon sits on its first digit.
+        // The run is open: its words are held, and the horizon sits on the end of the keyword
+        // ("card number" ends at 550 ms), where the span will start.
         assert_eq!(s1.words.len(), 3);
         assert!(s1.detections.is_empty());
-        assert_eq!(d.horizon_ms(), Some(900));
+        assert_eq!(d.horizon_ms(), Some(550));
         let w2 = words(end1 + 200, "1111 1111 thank you");
         let end2 = w2.last().unwrap().end_ms + 2_000;
         let s2 = d.push(w2, end2);
@@ -511,6 +552,56 @@ mod tests {
         assert_eq!(s2.detections[0].start_ms, 550);
         assert_eq!(s2.words.iter().filter(|w| w.mark.is_some()).count(), 4);
         assert_eq!(d.horizon_ms(), None);
+    }
+
+    #[test]
+    fn a_keyword_at_the_end_of_a_window_holds_the_audio_after_it() {
+        let mut d = StreamDetector::new(DetectConfig::default());
+        // The window ends right after the keyword; its number comes in the next window.
+        let s1 = d.push(words(0, "my card number is"), 1_500);
+        assert!(s1.detections.is_empty());
+        assert_eq!(s1.words.len(), 4);
+        // "card number" ends at 850 ms: a run in the next window is stretched back there, so the
+        // pipeline must not release audio past it.
+        assert_eq!(d.horizon_ms(), Some(850));
+        let s2 = d.push(words(1_600, "4111 1111 1111 1111 thanks"), 4_000);
+        assert_eq!(s2.detections, vec![Detection { start_ms: 850, end_ms: 2_750, kind: SpanKind::Pan }]);
+        // Once its context has expired, a keyword holds nothing back.
+        let mut d = StreamDetector::new(DetectConfig::default());
+        d.push(words(0, "my card number is"), 1_500);
+        d.push(words(2_000, "okay thanks"), 20_000);
+        assert_eq!(d.horizon_ms(), None);
+        // A broken stream releases what the keyword held.
+        let mut d = StreamDetector::new(DetectConfig::default());
+        d.push(words(0, "my card number is"), 1_500);
+        d.break_stream(3_000);
+        assert_eq!(d.horizon_ms(), None);
+    }
+
+    #[test]
+    fn after_card_data_short_numbers_are_redacted_for_a_while() {
+        let kinds = |text: &str, cfg: DetectConfig| {
+            let mut d = StreamDetector::new(cfg);
+            let mut s = d.push(words(0, text), 0);
+            let f = d.finish();
+            s.detections.extend(f.detections);
+            s.detections.iter().map(|x| x.kind).collect::<Vec<_>>()
+        };
+        // The expiry keyword was misheard; the payment context still catches the date, and a
+        // short code after it, but not a number long after.
+        let text = "card number 4111 1111 1111 1111 | and the estimated oh 9 27 | code is like 7 3 7 ok";
+        assert_eq!(kinds(text, DetectConfig::default()), vec![SpanKind::Pan, SpanKind::Expiry, SpanKind::Cvv]);
+        let text = "card number 4111 1111 1111 1111 | | | | | | and we moved in 2019 ok";
+        assert_eq!(kinds(text, DetectConfig::default()), vec![SpanKind::Pan]);
+        // Single digits stay, and without card data nothing short is redacted.
+        assert_eq!(
+            kinds("card number 4111 1111 1111 1111 | I have 2 kids", DetectConfig::default()),
+            vec![SpanKind::Pan]
+        );
+        assert!(kinds("and the estimated oh 9 27 ok", DetectConfig::default()).is_empty());
+        // Off when configured so.
+        let off = DetectConfig { payment_context_ms: 0, ..DetectConfig::default() };
+        assert_eq!(kinds("card number 4111 1111 1111 1111 | and the estimated oh 9 27", off), vec![SpanKind::Pan]);
     }
 
     #[test]

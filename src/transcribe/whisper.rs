@@ -8,7 +8,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{
+    DtwMode, DtwModelPreset, DtwParameters, FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters,
+    WhisperState,
+};
 
 use crate::pii::Pii;
 use crate::transcribe::{TranscribeError, Transcriber, Word};
@@ -43,7 +46,13 @@ impl WhisperModel {
                 path.display()
             )));
         }
-        let ctx = WhisperContext::new_with_params(path, WhisperContextParameters::default())
+        let mut params = WhisperContextParameters::default();
+        // Word times from DTW over the alignment heads' cross-attention: the decoder's own token
+        // times drift by seconds over a long window (a card number timed 3 s early, its end left
+        // audible), DTW's stay within a few hundred ms.
+        let hp = read_hparams(path)?;
+        params.dtw_parameters(DtwParameters { mode: dtw_mode(&hp), ..DtwParameters::default() });
+        let ctx = WhisperContext::new_with_params(path, params)
             .map_err(|e| TranscribeError::ModelUnavailable(format!("{}: {e}", path.display())))?;
         Ok(WhisperModel { ctx: Arc::new(ctx) })
     }
@@ -103,9 +112,23 @@ impl Transcriber for WhisperTranscriber {
         if std::env::var_os("CALLVEIL_FULL_CTX").is_none() {
             p.set_audio_ctx(ctx);
         }
+        // One decoding pass per window: DTW timing is computed per pass, and a window is never
+        // longer than the 30 s whisper decodes at once.
+        p.set_single_segment(true);
+        // whisper.cpp's DTW needs a few frames to align; windows shorter than a second (the tail
+        // of a call) are padded with silence, which adds no words.
+        let padded;
+        let audio = if audio.len() < MIN_SAMPLES {
+            let mut v = audio.to_vec();
+            v.resize(MIN_SAMPLES, 0.0);
+            padded = v;
+            &padded[..]
+        } else {
+            audio
+        };
         self.state.full(p, audio).map_err(|e| TranscribeError::Failed(e.to_string()))?;
         let eot = self.eot;
-        let mut words: Vec<Word> = Vec::new();
+        let mut toks: Vec<(String, u64, u64)> = Vec::new();
         for seg in self.state.as_iter() {
             for k in 0..seg.n_tokens() {
                 let Some(tok) = seg.get_token(k) else { continue };
@@ -115,22 +138,133 @@ impl Transcriber for WhisperTranscriber {
                 let Ok(text) = tok.to_str_lossy() else { continue };
                 let data = tok.token_data();
                 let (t0, t1) = (data.t0.max(0) as u64 * 10, data.t1.max(0) as u64 * 10);
-                let text = text.into_owned();
-                if text.trim().is_empty() {
-                    continue;
-                }
-                // A leading space starts a new word; otherwise the token continues the last one.
-                match words.last_mut() {
-                    Some(w) if !text.starts_with(' ') => {
-                        let mut s = w.text.expose().clone();
-                        s.push_str(&text);
-                        w.text = Pii::new(s);
-                        w.end_ms = w.end_ms.max(t1);
-                    }
-                    _ => words.push(Word { text: Pii::new(text.trim().to_string()), start_ms: t0, end_ms: t1.max(t0) }),
-                }
+                // DTW's time is where the token starts being said; -1 when it was not computed.
+                let start = if data.t_dtw >= 0 { data.t_dtw as u64 * 10 } else { t0 };
+                toks.push((text.into_owned(), start, t1.max(start)));
             }
         }
-        Ok(words)
+        Ok(words_from_tokens(toks, (audio.len() as u64 * 1000) / 16_000))
+    }
+}
+
+/// Shortest audio handed to whisper (1 s at 16 kHz).
+const MIN_SAMPLES: usize = 16_000;
+
+/// Joins tokens into words (a leading space starts a word) and times them: a word starts at its
+/// first token's start and ends where the next word starts (DTW gives onsets, not ends), the last
+/// one at its own end but at least `MIN_WORD_MS` after its start, never past `audio_ms`.
+fn words_from_tokens(toks: Vec<(String, u64, u64)>, audio_ms: u64) -> Vec<Word> {
+    const MIN_WORD_MS: u64 = 300;
+    let mut words: Vec<(String, u64, u64)> = Vec::new();
+    for (text, start, end) in toks {
+        if text.trim().is_empty() {
+            continue;
+        }
+        match words.last_mut() {
+            Some(w) if !text.starts_with(' ') => {
+                w.0.push_str(&text);
+                w.2 = w.2.max(end);
+            }
+            _ => words.push((text.trim().to_string(), start, end)),
+        }
+    }
+    // Onsets are monotonic in speech; DTW can step back a frame between tokens.
+    let mut at = 0;
+    for w in &mut words {
+        w.1 = w.1.max(at).min(audio_ms);
+        at = w.1;
+    }
+    let n = words.len();
+    let starts: Vec<u64> = words.iter().map(|w| w.1).collect();
+    words
+        .into_iter()
+        .enumerate()
+        .map(|(i, (text, start, end))| {
+            let end = if i + 1 < n { starts[i + 1].max(start) } else { end.max(start + MIN_WORD_MS).min(audio_ms) };
+            Word { text: Pii::new(text), start_ms: start, end_ms: end.max(start) }
+        })
+        .collect()
+}
+
+/// The header fields of a ggml Whisper file that say which model it is.
+#[derive(Debug, Clone, Copy)]
+struct HParams {
+    n_vocab: i32,
+    n_audio_layer: i32,
+    n_text_layer: i32,
+    n_mels: i32,
+}
+
+fn read_hparams(path: &Path) -> Result<HParams, TranscribeError> {
+    use std::io::Read;
+    let bad = |why: &str| TranscribeError::ModelUnavailable(format!("{}: {why}", path.display()));
+    let mut head = [0u8; 48];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| bad(&format!("cannot read the header: {e}")))?;
+    let at = |i: usize| i32::from_le_bytes([head[4 * i], head[4 * i + 1], head[4 * i + 2], head[4 * i + 3]]);
+    if at(0) as u32 != 0x6767_6d6c {
+        return Err(bad("not a ggml Whisper model (bad magic)"));
+    }
+    // magic, n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer, n_text_ctx,
+    // n_text_state, n_text_head, n_text_layer, n_mels, ftype
+    Ok(HParams { n_vocab: at(1), n_audio_layer: at(5), n_text_layer: at(9), n_mels: at(10) })
+}
+
+/// The alignment heads for DTW: whisper.cpp's preset for the standard models, else the top half
+/// of the text layers (any other ggml model still gets word times, a little less exact).
+fn dtw_mode(hp: &HParams) -> DtwMode<'static> {
+    let multilingual = hp.n_vocab >= 51_865;
+    let preset = match (hp.n_audio_layer, hp.n_text_layer, multilingual) {
+        (4, 4, false) => Some(DtwModelPreset::TinyEn),
+        (4, 4, true) => Some(DtwModelPreset::Tiny),
+        (6, 6, false) => Some(DtwModelPreset::BaseEn),
+        (6, 6, true) => Some(DtwModelPreset::Base),
+        (12, 12, false) => Some(DtwModelPreset::SmallEn),
+        (12, 12, true) => Some(DtwModelPreset::Small),
+        (24, 24, false) => Some(DtwModelPreset::MediumEn),
+        (24, 24, true) => Some(DtwModelPreset::Medium),
+        (32, 4, true) => Some(DtwModelPreset::LargeV3Turbo),
+        (32, 32, true) if hp.n_mels == 128 => Some(DtwModelPreset::LargeV3),
+        _ => None,
+    };
+    match preset {
+        Some(model_preset) => DtwMode::ModelPreset { model_preset },
+        None => DtwMode::TopMost { n_top: (hp.n_text_layer / 2).max(1) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_join_tokens_and_end_where_the_next_begins() {
+        let t = |s: &str, a: u64, b: u64| (s.to_string(), a, b);
+        let w = words_from_tokens(
+            vec![t(" My", 100, 200), t(" card", 400, 500), t("s", 600, 700), t(" 4", 900, 950)],
+            5_000,
+        );
+        let got: Vec<(String, u64, u64)> = w.iter().map(|w| (w.text.expose().clone(), w.start_ms, w.end_ms)).collect();
+        assert_eq!(got, vec![t("My", 100, 400), t("cards", 400, 900), t("4", 900, 1_200)]);
+    }
+
+    #[test]
+    fn onsets_never_go_back_and_stay_inside_the_audio() {
+        let t = |s: &str, a: u64, b: u64| (s.to_string(), a, b);
+        let w = words_from_tokens(vec![t(" one", 800, 900), t(" two", 700, 750), t(" three", 9_000, 9_100)], 2_000);
+        let got: Vec<(u64, u64)> = w.iter().map(|w| (w.start_ms, w.end_ms)).collect();
+        assert_eq!(got, vec![(800, 800), (800, 2_000), (2_000, 2_000)]);
+    }
+
+    #[test]
+    fn dtw_heads_for_standard_and_unknown_models() {
+        let hp = |v, a, t, m| HParams { n_vocab: v, n_audio_layer: a, n_text_layer: t, n_mels: m };
+        assert!(matches!(
+            dtw_mode(&hp(51_864, 4, 4, 80)),
+            DtwMode::ModelPreset { model_preset: DtwModelPreset::TinyEn }
+        ));
+        assert!(matches!(dtw_mode(&hp(51_865, 6, 6, 80)), DtwMode::ModelPreset { model_preset: DtwModelPreset::Base }));
+        assert!(matches!(dtw_mode(&hp(51_865, 32, 32, 80)), DtwMode::TopMost { n_top: 16 }));
     }
 }
