@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use callveil::config::Settings;
 use callveil::media::g711::{encode_alaw, ALAW};
+use callveil::media::secure::LEAK_BOUND_SAMPLES;
 use callveil::pii::Pii;
 use callveil::vault::meta::{ConsentRow, ListFilter, RecordingRow, RecordingState};
 use callveil::vault::sink::{LawfulBasis, Party};
@@ -150,6 +151,106 @@ fn key_packets(event: u8, ssrc: u32, ts: u32, at_us: u64) -> Vec<Rtp> {
         .collect()
 }
 
+/// What consent_after.pcap (played right after the answer, before the speech) carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum After {
+    Nothing,
+    /// `dtmf` mode: a 1 kHz tone until `at_ms`, then the grant key `1` as RFC 4733 events.
+    GrantKey {
+        at_ms: u64,
+    },
+    /// Secure entry: speech carrying two RFC 4733 key presses, then in-band key presses (tones
+    /// in place of the speech) starting at several offsets inside their packet, each followed by
+    /// silence and speech again.
+    Keys,
+}
+
+/// SSRC of consent_after.pcap.
+const SSRC_AFTER: u32 = 0x4146_5452;
+/// The RFC 4733 presses of `After::Keys` (event, ms from the file's start), inside its speech.
+const AFTER_EVENTS: [(u8, u64); 2] = [(5, 300), (11, 450)];
+/// Speech before the first in-band press of `After::Keys`, ms.
+const AFTER_LEAD_MS: usize = 650;
+/// Where each in-band press of `After::Keys` starts inside its 20 ms packet (samples): before
+/// and after the last WINDOW (102) samples of the packet, where the documented leak bound
+/// comes from.
+const TONE_ONSETS: [usize; 6] = [0, 37, 58, 59, 101, 159];
+/// Row and column of each in-band press (keys 1 5 6 3 0 8: no `*` or `9`, the revoke keys).
+const TONE_KEYS: [(f64, f64); 6] =
+    [(697.0, 1209.0), (770.0, 1336.0), (770.0, 1477.0), (697.0, 1477.0), (941.0, 1336.0), (852.0, 1336.0)];
+/// Per-tone amplitude of the in-band presses (about -16 dBFS each).
+const TONE_AMP: f64 = 5_000.0;
+const TONE_MS: usize = 70;
+
+/// One in-band key press of consent_after.pcap: samples `start..start + len` of its audio.
+#[derive(Debug)]
+struct Press {
+    start: usize,
+    len: usize,
+    fr: f64,
+    fc: f64,
+}
+
+/// What consent_after.pcap carries.
+struct AfterAudio {
+    packets: Vec<Rtp>,
+    /// Its audio as sent (A-law decoded): sample k has RTP timestamp k.
+    pcm: Vec<i16>,
+    /// Per sample: true where the caller sent speech.
+    speech: Vec<bool>,
+    presses: Vec<Press>,
+}
+
+impl AfterAudio {
+    fn build(after: After, speech: &[i16]) -> Option<AfterAudio> {
+        let (pcm, is_speech, presses, events) = match after {
+            After::Nothing => return None,
+            After::GrantKey { at_ms } => {
+                let pcm = tone(1_000.0, at_ms as usize);
+                let events = key_packets(1, SSRC_AFTER, pcm.len() as u32, at_ms * 1_000);
+                let n = pcm.len();
+                (pcm, vec![false; n], Vec::new(), events)
+            }
+            After::Keys => {
+                // g711a.pcap's speech from 1 s on (it starts with silence)
+                let mut src = speech[8_000..].iter().copied();
+                let (mut pcm, mut is_speech, mut presses) = (Vec::new(), Vec::new(), Vec::new());
+                let mut talk = |pcm: &mut Vec<i16>, is_speech: &mut Vec<bool>, n: usize| {
+                    pcm.extend(src.by_ref().take(n));
+                    is_speech.resize(pcm.len(), true);
+                };
+                talk(&mut pcm, &mut is_speech, AFTER_LEAD_MS * 8);
+                for (&onset, &(fr, fc)) in TONE_ONSETS.iter().zip(&TONE_KEYS) {
+                    // speech up to `onset` samples into a packet, the tone, then silence to the
+                    // end of its packet and 100 ms more (the hangover ends well before), speech
+                    talk(&mut pcm, &mut is_speech, 960 + onset);
+                    let start = pcm.len();
+                    let len = TONE_MS * 8;
+                    pcm.extend((0..len).map(|i| {
+                        let t = i as f64 / 8_000.0;
+                        let (wr, wc) = (2.0 * std::f64::consts::PI * fr * t, 2.0 * std::f64::consts::PI * fc * t);
+                        (TONE_AMP * wr.sin() + TONE_AMP * (wc + 0.7).sin()).round() as i16
+                    }));
+                    presses.push(Press { start, len, fr, fc });
+                    pcm.resize(pcm.len().next_multiple_of(160) + 800, 0);
+                    is_speech.resize(pcm.len(), false);
+                }
+                talk(&mut pcm, &mut is_speech, 960);
+                let events = AFTER_EVENTS
+                    .iter()
+                    .flat_map(|&(event, at_ms)| key_packets(event, SSRC_AFTER, at_ms as u32 * 8, at_ms * 1_000))
+                    .collect();
+                (pcm, is_speech, presses, events)
+            }
+        };
+        let mut packets = audio_packets(&pcm, SSRC_AFTER, 0, 0);
+        let pcm = alaw(&packets.iter().map(|p| p.payload.clone()).collect::<Vec<_>>());
+        packets.extend(events);
+        assert!(packets.iter().all(|p| p.at_us < 2_800_000), "consent_after.pcap must fit the caller's 3 s pause");
+        Some(AfterAudio { packets, pcm, speech: is_speech, presses })
+    }
+}
+
 /// RTP payloads of a classic pcap with Ethernet/IPv4/UDP frames (sip-tester's files).
 fn pcap_payloads(path: &Path) -> Vec<Vec<u8>> {
     let d = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -181,11 +282,13 @@ struct Material {
     tail: Vec<i16>,
     tail_payloads: Vec<Vec<u8>>,
     pre_payloads: Vec<Vec<u8>>,
+    /// consent_after.pcap (played right after the answer, before the speech), when the call has one.
+    after: Option<AfterAudio>,
 }
 
 impl Material {
     /// Writes the generated pcap files and returns what every file carries.
-    fn write(dir: &Path) -> Material {
+    fn write(dir: &Path, after: After) -> Material {
         let pre = tone(1_000.0, 1_500);
         write_pcap(&dir.join("consent_pre.pcap"), &audio_packets(&pre, SSRC_PRE, 1_000, 0), 100);
         let hold = vec![0i16; 5_000 * 8];
@@ -203,6 +306,11 @@ impl Material {
         let tail_packets = audio_packets(&tail, SSRC_TAIL, 7_000, 0);
         write_pcap(&dir.join("consent_tail.pcap"), &tail_packets, 900);
         let speech_payloads = pcap_payloads(&Path::new(SIPP_SHARE).join("g711a.pcap"));
+        let after = AfterAudio::build(after, &alaw(&speech_payloads));
+        // SIPp opens every pcap of the scenario when it loads it: one packet of silence when the
+        // call does not play it
+        let silence = audio_packets(&[0; 160], SSRC_AFTER, 0, 0);
+        write_pcap(&dir.join("consent_after.pcap"), after.as_ref().map_or(&silence, |a| &a.packets), 1_200);
         Material {
             speech: alaw(&speech_payloads),
             speech_payloads,
@@ -213,6 +321,7 @@ impl Material {
             tail: alaw(&tail_packets.iter().map(|p| p.payload.clone()).collect::<Vec<_>>()),
             tail_payloads: tail_packets.into_iter().map(|p| p.payload).collect(),
             pre_payloads: audio_packets(&pre, 0, 0, 0).into_iter().map(|p| p.payload).collect(),
+            after,
         }
     }
 }
@@ -309,6 +418,14 @@ struct Call {
     api: Option<&'static str>,
     /// Consent-ledger records the call must leave (the test waits for them).
     ledger_records: usize,
+    /// Caller: what consent_after.pcap carries (played right after the answer).
+    after: After,
+    /// `consent.window_s` (dtmf mode).
+    window_s: u64,
+    /// The route's `secure_entry`.
+    secure_entry: bool,
+    /// POST /calls/CALL_ID/secure-entry `on` once callveil knows the call.
+    secure_api: bool,
 }
 
 impl Call {
@@ -326,6 +443,10 @@ impl Call {
             ivr_reprompts: 0,
             api: None,
             ledger_records: 1,
+            after: After::Nothing,
+            window_s: 30,
+            secure_entry: false,
+            secure_api: false,
         }
     }
 
@@ -343,8 +464,10 @@ struct Done {
     metrics: String,
     /// The caller's call, INVITE to the 200 for its BYE.
     call_time: Duration,
-    /// RTP payloads the PBX received, with payload type and SSRC.
-    pbx_rtp: Vec<(u8, u32, Vec<u8>)>,
+    /// RTP the PBX received.
+    pbx_rtp: Vec<Got>,
+    /// When callveil accepted `POST /calls/CALL_ID/secure-entry` `on` (202).
+    secure_on_at: Option<Instant>,
     prompt_sha256: String,
 }
 
@@ -369,9 +492,9 @@ fn config(dir: &Path, c: &Call, sip: u16, metrics: u16, pbx: u16) -> String {
         "# Written by tests/consent_e2e.rs\n\
          [sip]\nlisten = [\"udp:127.0.0.1:{sip}\", \"tcp:127.0.0.1:{sip}\"]\n\n\
          [[sip.routes]]\nname = \"{ROUTE}\"\nmatch_user = \".*\"\nupstream = [\"udp:127.0.0.1:{pbx}\"]\n\
-         consent = \"{mode}\"\nlawful_basis = \"legal_obligation\"\n\n\
+         consent = \"{mode}\"\nlawful_basis = \"legal_obligation\"\nsecure_entry = {secure}\n\n\
          [media]\nports = \"{}-{}\"\nshards = 1\nquarantine_s = 1\n\n\
-         [consent]\nprompt_dir = {:?}\nivr_timeout_s = {}\nivr_reprompts = {}\npurge_on_revoke = {}\n\n\
+         [consent]\nprompt_dir = {:?}\nivr_timeout_s = {}\nivr_reprompts = {}\npurge_on_revoke = {}\nwindow_s = {}\n\n\
          [recording]\nenabled = true\n\n\
          [storage]\ndir = {:?}\n\n\
          [vault]\nkey_file = {:?}\ncreate_keys = true\n\n\
@@ -384,18 +507,29 @@ fn config(dir: &Path, c: &Call, sip: u16, metrics: u16, pbx: u16) -> String {
         c.ivr_timeout_s,
         c.ivr_reprompts,
         c.purge_on_revoke,
+        c.window_s,
         storage.display().to_string(),
         dir.join("vault.keys").display().to_string(),
         model().display().to_string(),
         mode = c.mode,
+        secure = c.secure_entry,
     )
+}
+
+/// One RTP packet the PBX received.
+struct Got {
+    at: Instant,
+    pt: u8,
+    ssrc: u32,
+    ts: u32,
+    payload: Vec<u8>,
 }
 
 /// Reads RTP arriving at the PBX's media port until told to stop.
 struct Sink {
     port: u16,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<(u8, u32, Vec<u8>)>>,
+    thread: JoinHandle<Vec<Got>>,
 }
 
 impl Sink {
@@ -411,8 +545,13 @@ impl Sink {
             while !flag.load(Ordering::Relaxed) {
                 if let Ok(n) = socket.recv(&mut buf) {
                     if n >= 12 && buf[0] >> 6 == 2 {
-                        let ssrc = u32::from_be_bytes(buf[8..12].try_into().unwrap());
-                        got.push((buf[1] & 0x7f, ssrc, buf[12..n].to_vec()));
+                        got.push(Got {
+                            at: Instant::now(),
+                            pt: buf[1] & 0x7f,
+                            ssrc: u32::from_be_bytes(buf[8..12].try_into().unwrap()),
+                            ts: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+                            payload: buf[12..n].to_vec(),
+                        });
                     }
                 }
             }
@@ -421,7 +560,7 @@ impl Sink {
         Sink { port, stop, thread }
     }
 
-    fn finish(self) -> Vec<(u8, u32, Vec<u8>)> {
+    fn finish(self) -> Vec<Got> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
     }
@@ -463,7 +602,7 @@ fn run_call(c: Call) -> Option<Done> {
     );
     let mut bench = Bench::new();
     let dir = bench.path().to_path_buf();
-    let material = Material::write(&dir);
+    let material = Material::write(&dir, c.after);
     let prompt_sha256 = write_prompt(&dir.join("prompts"));
     let sink = Sink::start();
     let yes_no = |b: bool| if b { "yes" } else { "no" };
@@ -482,6 +621,7 @@ fn run_call(c: Call) -> Option<Done> {
         .set("key", c.key)
         .set("claim", yes_no(c.claim))
         .set("revoke", c.revoke)
+        .set("after", yes_no(c.after != After::Nothing))
         .call_id_format("consent-e2e-%u")
         .current_dir(&dir)
         .timeout(Duration::from_secs(90));
@@ -494,6 +634,15 @@ fn run_call(c: Call) -> Option<Done> {
             harness::http(metrics_port, "POST", &path, signal).is_some_and(|(status, _)| status == 202)
         });
         assert!(accepted, "POST {path} {signal} was never accepted (202); callveil:\n{}", proxy.log_tail());
+    }
+    let mut secure_on_at = None;
+    if c.secure_api {
+        let path = format!("/calls/{CALL_ID}/secure-entry");
+        let accepted = wait_until(Duration::from_secs(30), || {
+            harness::http(metrics_port, "POST", &path, "on").is_some_and(|(status, _)| status == 202)
+        });
+        assert!(accepted, "POST {path} on was never accepted (202); callveil:\n{}", proxy.log_tail());
+        secure_on_at = Some(Instant::now());
     }
     let outcome = caller.join().unwrap();
     let call_time = started.elapsed();
@@ -527,7 +676,7 @@ fn run_call(c: Call) -> Option<Done> {
     let log = std::fs::read_to_string(dir.join("callveil.log")).unwrap_or_default();
     assert!(!log.contains("5550100199"), "the caller's number reached callveil's log (debug level)");
     let config = dir.join("callveil.toml");
-    Some(Done { bench, settings, config, material, metrics: text, call_time, pbx_rtp, prompt_sha256 })
+    Some(Done { bench, settings, config, material, metrics: text, call_time, pbx_rtp, secure_on_at, prompt_sha256 })
 }
 
 impl Done {
@@ -576,7 +725,7 @@ impl Done {
 
     /// Payloads the PBX got from stream `ssrc`, in order.
     fn pbx_got(&self, ssrc: u32) -> Vec<Vec<u8>> {
-        self.pbx_rtp.iter().filter(|(pt, s, _)| *pt == 8 && *s == ssrc).map(|(_, _, p)| p.clone()).collect()
+        self.pbx_rtp.iter().filter(|g| g.pt == 8 && g.ssrc == ssrc).map(|g| g.payload.clone()).collect()
     }
 
     fn speech_ssrc(&self) -> u32 {
@@ -976,7 +1125,7 @@ fn fit_catches_foreign_and_misplaced_audio() {
         assert!(harness::sipp_available(), "sip-tester's pcaps are missing");
         return;
     }
-    let m = Material::write(dir.path());
+    let m = Material::write(dir.path(), After::Nothing);
     let pre = alaw(&m.pre_payloads);
     assert_eq!(fit(&m.speech, &m.speech).foreign, 0);
     assert!(fit(&concat(&[&pre, &m.speech]), &m.speech).foreign > 0, "pre-decision audio is foreign");
@@ -990,4 +1139,190 @@ fn fit_catches_foreign_and_misplaced_audio() {
     let f = fit(&masked, &m.speech);
     assert_eq!((f.foreign, f.first_ms), (0, 0), "masked audio is allowed");
     assert!(f.coverage < 0.9);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `dtmf` consent mode and secure entry.
+
+/// `dtmf` mode (the PBX runs the IVR): the caller sends a 1 kHz tone for 1 s after the answer,
+/// then presses the grant key `1` (RFC 4733) inside the window. The recording rests on the
+/// ledger record and holds only what came after the key: none of the tone, all of the speech.
+#[test]
+fn dtmf_grant_in_the_window_records_from_the_key_on() {
+    let call = Call { after: After::GrantKey { at_ms: 1_000 }, ..Call::mode("dtmf") };
+    let Some(done) = run_call(call) else { return };
+    let vault = done.vault();
+    let grant = one(done.ledger(&vault), "ledger record");
+    assert_eq!((grant.decision.as_str(), grant.method.as_str(), grant.basis.as_str()), ("granted", "dtmf", "consent"));
+    assert_eq!(grant.prompt_id, None, "the PBX asked, not callveil");
+    let rec = one(done.recordings(&vault), "recording");
+    assert_eq!(rec.basis, LawfulBasis::Consent { ledger_ref: grant.id.clone() });
+    assert_eq!(rec.state, RecordingState::Complete);
+    assert_eq!(rec.started_at_ms, grant.decided_at_ms, "the recording opened at the decision instant");
+    let stored = done.caller_audio(&vault, &rec.id);
+    let f = fit(&stored, &done.material.speech);
+    assert_eq!(f.foreign, 0, "nothing the caller sent before the key is stored: {f:?}");
+    assert_eq!(f.sent_from_ms, 0, "the speech after the key is stored from its first sample: {f:?}");
+    assert!(f.coverage > 0.9, "the caller's speech was cleared and stored: {f:?}");
+    // the PBX runs the IVR: it hears the caller from the answer on
+    let after = done.material.after.as_ref().unwrap();
+    let audio_sent = after.packets.iter().filter(|p| p.pt == 8).count();
+    assert_eq!(done.pbx_got(SSRC_AFTER).len(), audio_sent, "the pre-key audio reached the PBX");
+    done.assert_speech_relayed();
+    assert_eq!(
+        done.metric("callveil_recording_consent_decisions_total", &[("method", "dtmf"), ("decision", "granted")]),
+        1.0
+    );
+    assert_eq!(done.metric("callveil_recording_recordings_closed_total", &[("kind", "completed")]), 1.0);
+    done.report("dtmf grant", &format!("key 1 at 1.0 s after the answer (window 30 s); {f:?}"));
+}
+
+/// `dtmf` mode with a 1 s window: the caller presses `1` 2.5 s after the answer. The window has
+/// closed: no recording, the ledger says no_answer (dtmf), no blob was ever written.
+#[test]
+fn dtmf_key_after_the_window_records_nothing() {
+    let call = Call { after: After::GrantKey { at_ms: 2_500 }, window_s: 1, ..Call::mode("dtmf") };
+    let Some(done) = run_call(call) else { return };
+    let vault = done.vault();
+    let row = one(done.ledger(&vault), "ledger record");
+    assert_eq!((row.decision.as_str(), row.method.as_str(), row.basis.as_str()), ("no_answer", "dtmf", "consent"));
+    assert_eq!(row.recording_id, None);
+    assert!(done.recordings(&vault).is_empty(), "nothing recorded");
+    assert!(!done.storage().join("blobs/rec").exists(), "no blob was ever written");
+    assert_eq!(done.metric("callveil_recording_recordings_opened_total", &[]), 0.0);
+    assert_eq!(
+        done.metric("callveil_recording_consent_decisions_total", &[("method", "dtmf"), ("decision", "no_answer")]),
+        1.0
+    );
+    assert_eq!(done.metric("callveil_recording_consent_decisions_total", &[("decision", "granted")]), 0.0);
+    done.assert_speech_relayed();
+    done.report("dtmf late key", "window 1 s, key 1 at 2.5 s: no recording; ledger: no_answer (dtmf); no blobs");
+}
+
+use callveil::dtmf::goertzel::tone_amplitude as amplitude;
+
+/// The weaker of a press's two tones in `x`.
+fn dtmf_level(x: &[i16], p: &Press) -> f64 {
+    amplitude(x, p.fr).min(amplitude(x, p.fc))
+}
+
+impl Done {
+    /// Secure entry on consent_after.pcap (`After::Keys`): what reached the PBX and what was
+    /// stored. Returns the measurements for the report.
+    fn assert_secure_entry(&self, vault: &Vault) -> String {
+        let after = self.material.after.as_ref().expect("the call played consent_after.pcap");
+        let events_at_pbx = self.pbx_rtp.iter().filter(|g| g.pt == 101).count();
+        let events_sent = after.packets.iter().filter(|p| p.pt == 101).count();
+        assert_eq!(events_at_pbx, 0, "telephone-event packets reached the PBX ({events_sent} sent)");
+        // the PBX's copy of the audio, sample k at RTP timestamp k
+        let got: Vec<&Got> = self.pbx_rtp.iter().filter(|g| g.pt == 8 && g.ssrc == SSRC_AFTER).collect();
+        let sent: Vec<&Rtp> = after.packets.iter().filter(|p| p.pt == 8).collect();
+        assert_eq!(got.len(), sent.len(), "every audio packet reached the PBX (muted or not)");
+        let mut heard = vec![0i16; after.pcm.len()];
+        for g in &got {
+            let at = g.ts as usize;
+            heard[at..at + g.payload.len()].copy_from_slice(&alaw(std::slice::from_ref(&g.payload)));
+        }
+        if let Some(on) = self.secure_on_at {
+            // keys count only once secure entry is on: the packet carrying the first one's time
+            let first_key = (AFTER_EVENTS[0].1 as u32 * 8) / 160 * 160;
+            let g = got.iter().find(|g| g.ts == first_key).unwrap();
+            assert!(g.at > on, "the caller's keys were sent before the POST was accepted (202): rerun");
+        }
+        // speech packets (no tone sample in them) arrive byte-exact
+        let mut exact = 0;
+        for p in &sent {
+            let at = p.ts as usize;
+            if after.speech[at..at + p.payload.len()].iter().all(|&s| s) {
+                let g = got.iter().find(|g| g.ts == p.ts).unwrap();
+                assert_eq!(g.payload, p.payload, "a speech packet (ts {}) reached the PBX changed", p.ts);
+                exact += 1;
+            }
+        }
+        assert!(exact >= 60, "{exact} speech packets checked");
+        // in-band presses: tone samples that reached the PBX, per press
+        let mut per_press = Vec::new();
+        for p in &after.presses {
+            let span = &heard[p.start..p.start + p.len];
+            // the caller sent only tone here: any sample louder than the relay's silence (A-law
+            // 0xd5 decodes to 8) is tone
+            let leaked = span.iter().filter(|&&x| x.unsigned_abs() > 16).count();
+            // and by DTMF-band energy: 5 ms blocks where both of the digit's tones are audible
+            let loud = span.chunks(40).filter(|b| dtmf_level(b, p) > TONE_AMP * 0.1).count();
+            let sent_level = dtmf_level(&after.pcm[p.start..p.start + p.len], p);
+            let db = 20.0 * (sent_level / dtmf_level(span, p).max(1e-3)).log10();
+            per_press.push((leaked, loud * 40, db));
+        }
+        let report = per_press
+            .iter()
+            .zip(&TONE_ONSETS)
+            .map(|((leaked, band, db), onset)| {
+                format!("onset {onset}: {leaked} samples ({band} in 5 ms tone blocks), -{db:.0} dB")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        eprintln!("[consent_e2e] secure entry per press (bound {LEAK_BOUND_SAMPLES} samples): {report}");
+        for (p, &(leaked, band, _)) in after.presses.iter().zip(&per_press) {
+            assert!(leaked <= LEAK_BOUND_SAMPLES, "{p:?}: {leaked} tone samples reached the PBX: {report}");
+            assert!(band <= LEAK_BOUND_SAMPLES + 80, "{p:?}: {band} samples in blocks with tone energy: {report}");
+        }
+        self.assert_speech_relayed();
+        let suppressed = self.metric("callveil_media_dtmf_events_suppressed_total", &[]);
+        let tone_ms = self.metric("callveil_media_tone_suppressed_ms_total", &[]);
+        assert!(suppressed >= 1.0, "events suppressed: {suppressed}");
+
+        // the recording (granted on the answer) holds the keys masked: dtmf spans over them,
+        // every sample inside a span zero, and no key left for a DTMF receiver to hear
+        let rec = one(self.recordings(vault), "recording");
+        let stored = self.caller_audio(vault, &rec.id);
+        let spans = vault.show(&rec.id).unwrap().spans;
+        let dtmf: Vec<(u64, u64)> =
+            spans.iter().filter(|(ch, _, _, kind)| *ch == 0 && kind == "dtmf").map(|&(_, a, b, _)| (a, b)).collect();
+        let masked_ms: u64 = dtmf.iter().map(|(a, b)| b - a).sum();
+        assert!(
+            masked_ms >= (after.presses.len() * TONE_MS) as u64,
+            "the in-band presses are masked as dtmf spans: {spans:?}"
+        );
+        let in_spans = dtmf
+            .iter()
+            .flat_map(|&(a, b)| stored[(a as usize * 8).min(stored.len())..(b as usize * 8).min(stored.len())].iter());
+        assert_eq!(in_spans.filter(|&&s| s != 0).count(), 0, "samples inside the dtmf spans are zero: {spans:?}");
+        let keys_in = |pcm: &[i16]| {
+            let mut d = callveil::dtmf::goertzel::InBandDetector::new(Default::default());
+            d.push(pcm);
+            d.flush();
+            std::iter::from_fn(|| d.poll_event()).count()
+        };
+        assert_eq!(keys_in(&after.pcm), after.presses.len(), "the detector hears the keys as sent");
+        let stored_keys = keys_in(&stored);
+        assert_eq!(stored_keys, 0, "key presses audible in the stored recording");
+        format!(
+            "{events_sent} telephone-event packets sent, {events_at_pbx} at the PBX ({suppressed} events suppressed); \
+             {exact} speech packets byte-exact; {tone_ms} ms of tone muted; per press: {report}; \
+             recording: dtmf spans {dtmf:?} ms ({masked_ms} ms masked, all zero), {stored_keys} keys audible"
+        )
+    }
+}
+
+/// Secure entry by route (`secure_entry = true`): the caller's telephone-events never reach the
+/// PBX, in-band tones reach it only up to the documented bound per press, speech passes
+/// byte-exact; the recording (granted by the PBX on the answer) masks the tones.
+#[test]
+fn secure_entry_route_keeps_the_keys_from_the_pbx() {
+    let call = Call { after: After::Keys, secure_entry: true, pbx_grant: true, ..Call::mode("header") };
+    let Some(done) = run_call(call) else { return };
+    let vault = done.vault();
+    let report = done.assert_secure_entry(&vault);
+    done.report("secure entry (route)", &report);
+}
+
+/// Secure entry switched on mid-call with `POST /calls/CALL_ID/secure-entry` `on`: the keys the
+/// caller sends after the 202 are kept from the PBX as with the route setting.
+#[test]
+fn secure_entry_api_on_keeps_later_keys_from_the_pbx() {
+    let call = Call { after: After::Keys, secure_api: true, pbx_grant: true, ..Call::mode("header") };
+    let Some(done) = run_call(call) else { return };
+    let vault = done.vault();
+    let report = done.assert_secure_entry(&vault);
+    done.report("secure entry (api)", &report);
 }

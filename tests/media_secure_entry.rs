@@ -77,18 +77,7 @@ fn tone(fr: f64, fc: f64, ra: f64, ca: f64, n: usize) -> Vec<i16> {
         .collect()
 }
 
-/// Amplitude of a sine at `f` in `x` (Goertzel).
-fn amplitude(x: &[i16], f: f64) -> f64 {
-    let coeff = 2.0 * (2.0 * PI * f / 8000.0).cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in x {
-        let s = f64::from(v) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let p = (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0);
-    2.0 * p.sqrt() / x.len() as f64
-}
+use callveil::dtmf::goertzel::tone_amplitude as amplitude;
 
 struct Press {
     start: usize,

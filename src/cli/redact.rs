@@ -50,6 +50,7 @@ pub fn pipeline_config(r: &RedactionConfig) -> PipelineConfig {
             ..DetectConfig::default()
         },
         pad_ms: r.pad_ms,
+        lead_pad_ms: r.lead_pad_ms,
         mask: r.mask,
         hold_ms: r.hold_seconds * 1000,
         deadline: Some(std::time::Duration::from_millis(r.deadline_ms)),

@@ -380,6 +380,9 @@ pub struct RedactionConfig {
     pub workers: usize,
     /// Padding on both sides of every redaction, in ms (ASR word times are inexact).
     pub pad_ms: u64,
+    /// Padding before a detected number when larger than `pad_ms` (its first digit is the one
+    /// ASR most often mishears or times late).
+    pub lead_pad_ms: u64,
     /// Fail-safe: digit runs at least this long are redacted even when no check digit matches.
     pub min_digits: usize,
     /// After card data (number, code, expiry), this many ms in which any number of two or more
@@ -404,7 +407,8 @@ impl Default for RedactionConfig {
             model: PathBuf::from("models/ggml-tiny.en.bin"),
             language: crate::redact::normalize::Lang::En,
             workers: 0,
-            pad_ms: 700,
+            pad_ms: 500,
+            lead_pad_ms: 1_000,
             min_digits: 9,
             payment_context_ms: 15_000,
             mask: crate::redact::mask::MaskStyle::Silence,
@@ -426,6 +430,9 @@ impl RedactionConfig {
             return Err(ConfigError::new("redaction.min_digits", "must be between 4 and 19"));
         }
         // A window is up to 12 s long; the hold must fit two of them plus padding.
+        if self.lead_pad_ms > 5_000 {
+            return Err(ConfigError::new("redaction.lead_pad_ms", "must be at most 5000"));
+        }
         if self.payment_context_ms > 120_000 {
             return Err(ConfigError::new("redaction.payment_context_ms", "must be at most 120000"));
         }

@@ -300,6 +300,14 @@ fn goertzel(coeff: f64, samples: impl Iterator<Item = f64>) -> f64 {
     s1 * s1 + s2 * s2 - coeff * s1 * s2
 }
 
+/// Amplitude (peak, in sample units) of a sine at `hz` in 8 kHz `samples`, by one Goertzel
+/// filter over all of them: how tests and measurements read tone energy that got through.
+pub fn tone_amplitude(samples: &[i16], hz: f64) -> f64 {
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / 8_000.0).cos();
+    let p = goertzel(coeff, samples.iter().map(|&v| f64::from(v))).max(0.0);
+    2.0 * p.sqrt() / samples.len().max(1) as f64
+}
+
 /// Weight of sample `i` of an `n`-sample Hann window (symmetric about the window's centre).
 fn hann(i: usize, n: usize) -> f64 {
     0.5 - 0.5 * (2.0 * PI * (i as f64 + 0.5) / n as f64).cos()

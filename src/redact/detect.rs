@@ -222,6 +222,8 @@ impl StreamDetector {
         let mut out = Settled::default();
         let mut marks: Vec<Option<SpanKind>> = vec![None; self.pending.len()];
         let mut settle_word = self.pending.len();
+        // The last run of a few digits that was not redacted: (first token, last token).
+        let mut suspect: Option<(usize, usize)> = None;
         let mut i = 0;
         while i < toks.len() {
             let t = &toks[i];
@@ -262,6 +264,20 @@ impl StreamDetector {
             if kind.is_none() && mode == Mode::Break && !run.stopped {
                 kind = Some(SpanKind::Digits);
             }
+            let digit_count: usize =
+                toks[i..=run.last].iter().map(|t| if let TokKind::Digits(d) = &t.kind { d.len() } else { 0 }).sum();
+            if kind.is_none() && digit_count >= SUSPECT_DIGITS {
+                // A fragment of a number ("4012888, hang on, ..."): held until enough words or
+                // time have followed it that no redacted run can still claim it. ASR times a
+                // many-digit token short, so words count as well as time.
+                let words_after = toks.len() - run.last - 1;
+                let until = toks[run.last].end_ms + FRAGMENT_HOLD_FACTOR * self.cfg.context_hold_ms;
+                if mode == Mode::Streaming && words_after <= FRAGMENT_WORDS && self.complete_ms < until {
+                    settle_word = t.first_word;
+                    break;
+                }
+                suspect = Some((i, run.last));
+            }
             // Letters belong to the span only when an ID check used them ("X 1234567 L");
             // otherwise they are words like Portuguese "é" or English "a" next to a number.
             let (mut first, mut last) = (i, run.last);
@@ -276,6 +292,16 @@ impl StreamDetector {
             let (mut start_ms, end_ms) = (toks[first].start_ms, toks[last].end_ms);
             if let (Some(_), Some(k)) = (kind, ctx.and_then(|c| c.keyword_end)) {
                 start_ms = start_ms.min(k.max(start_ms.saturating_sub(self.cfg.max_gap_ms)));
+            }
+            if let (Some(_), Some((sf, sl))) = (kind, suspect) {
+                // A redacted run claims the fragment just before it, and what lies between.
+                let between = i - sl - 1;
+                let near = toks[i].start_ms <= toks[sl].end_ms + FRAGMENT_HOLD_FACTOR * self.cfg.context_hold_ms;
+                if between <= FRAGMENT_WORDS && near {
+                    first = sf;
+                    start_ms = start_ms.min(toks[sf].start_ms);
+                }
+                suspect = None;
             }
             if let Some(kind) = kind {
                 for m in &mut marks[toks[first].first_word..=toks[last].last_word] {
@@ -412,6 +438,13 @@ impl StreamDetector {
         None
     }
 }
+
+/// Digits in an unredacted run that make it a possible fragment of a longer number.
+const SUSPECT_DIGITS: usize = 3;
+/// At most this many words may separate a fragment from the redacted run that claims it.
+const FRAGMENT_WORDS: usize = 4;
+/// A fragment can be claimed this many `context_hold_ms` after its end.
+const FRAGMENT_HOLD_FACTOR: u64 = 2;
 
 struct Run {
     /// Index of the run's last real token (trailing fillers excluded).
@@ -602,6 +635,36 @@ mod tests {
         // Off when configured so.
         let off = DetectConfig { payment_context_ms: 0, ..DetectConfig::default() };
         assert_eq!(kinds("card number 4111 1111 1111 1111 | and the estimated oh 9 27", off), vec![SpanKind::Pan]);
+    }
+
+    #[test]
+    fn a_fragment_before_a_redacted_run_is_redacted_with_it() {
+        // The keyword was misheard, so nothing gives context: "4012 888" alone is too short, but
+        // the 9-digit run right after it is redacted and claims it (and the filler between).
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let s1 = d.push(words(0, "the current number 4012 888 hang on"), 2_400);
+        // The fragment is held (not settled) while a run may still follow within the hold.
+        assert!(s1.detections.is_empty());
+        assert_eq!(s1.words.len(), 3);
+        assert_eq!(d.horizon_ms(), Some(900));
+        let s2 = d.push(words(2_400, "8888 1881 12 ok"), 6_000);
+        let s = d.finish();
+        let dets: Vec<Detection> = s2.detections.into_iter().chain(s.detections).collect();
+        assert_eq!(dets, vec![Detection { start_ms: 900, end_ms: 3_250, kind: SpanKind::Digits }]);
+        // Without a redacted run after it, a fragment stays, once the pause is long enough.
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let s1 = d.push(words(0, "we moved in 2019 and the rent is 950"), 6_000);
+        assert!(s1.detections.is_empty());
+        assert_eq!(s1.words.len(), 8, "950 is held: words may still follow");
+        let s2 = d.push(Vec::new(), 9_000);
+        assert!(s2.detections.is_empty());
+        assert_eq!(s2.words.len(), 1);
+        assert_eq!(d.horizon_ms(), None);
+        // And a fragment long before a redacted run is not claimed.
+        let mut d = StreamDetector::new(DetectConfig::default());
+        d.push(words(0, "room 4012 | | and 4111 1111 1111 1111"), 20_000);
+        let s = d.finish();
+        assert!(s.detections.iter().all(|x| x.start_ms > 1_000), "{:?}", s.detections);
     }
 
     #[test]

@@ -357,6 +357,8 @@ fn keywords(lang: Lang) -> &'static [(&'static [&'static str], Context)] {
             (&["national", "insurance"], NationalId),
             (&["id", "number"], NationalId),
             (&["social", "security"], Ssn),
+            // "my social is ...": US callers shorten the name
+            (&["social"], Ssn),
             (&["account", "number"], Iban),
             (&["sort", "code"], Iban),
             (&["bank", "account"], Iban),

@@ -25,12 +25,18 @@ use crate::transcribe::vad::{Segmenter, VadConfig};
 use crate::transcribe::{resample, TranscribeError, Word};
 use crate::vault::sink::{ClearedAudio, RedactionSpan, SpanKind, TranscriptSegment};
 
+/// Margin around a DTMF span: the tone detector decides within ~40 ms of a tone's edges.
+const DTMF_PAD_MS: u64 = 80;
+
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
     pub detect: DetectConfig,
     pub vad: VadConfig,
     /// Padding on both sides of every detection.
     pub pad_ms: u64,
+    /// Padding before a detected number, when larger than `pad_ms`: the first digit is the one
+    /// ASR most often mishears ("twelve" as "well") or times late, so the span starts earlier.
+    pub lead_pad_ms: u64,
     pub mask: MaskStyle,
     /// Most audio held per channel before the oldest window is forced out muted.
     pub hold_ms: u64,
@@ -43,7 +49,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             detect: DetectConfig::default(),
             vad: VadConfig::default(),
-            pad_ms: 700,
+            pad_ms: 500,
+            lead_pad_ms: 1_000,
             mask: MaskStyle::Silence,
             hold_ms: 60_000,
             deadline: Some(Duration::from_secs(20)),
@@ -268,9 +275,11 @@ impl Pipeline {
         });
     }
 
-    /// A DTMF digit was detected on `channel` over `[start_ms, end_ms)`: always masked.
+    /// A DTMF digit was detected on `channel` over `[start_ms, end_ms)`: always masked, with a
+    /// small margin of its own (its times come from RTP timestamps or a tone detector, not from
+    /// ASR), so speech between key presses is kept.
     pub fn dtmf(&mut self, channel: u8, start_ms: u64, end_ms: u64) {
-        let pad = self.cfg.pad_ms;
+        let pad = DTMF_PAD_MS;
         let Some(c) = self.chans.get_mut(channel as usize) else { return };
         if let Some(rate) = c.rate {
             if mask::ms_to_sample(start_ms, rate) < c.released {
@@ -478,7 +487,9 @@ impl Pipeline {
             c.total
         } else {
             let processed_ms = mask::sample_to_ms(c.processed, rate);
-            let safe_ms = c.detector.horizon_ms().map_or(processed_ms, |h| h.min(processed_ms)).saturating_sub(pad);
+            let reach_back = pad.max(self.cfg.lead_pad_ms);
+            let safe_ms =
+                c.detector.horizon_ms().map_or(processed_ms, |h| h.min(processed_ms)).saturating_sub(reach_back);
             // Whole milliseconds only: ClearedAudio is placed by its start in ms.
             let to = mask::ms_to_sample(safe_ms, rate).min(c.processed);
             mask::ms_to_sample(mask::sample_to_ms(to, rate), rate)
@@ -510,7 +521,8 @@ impl Pipeline {
         let pad = self.cfg.pad_ms;
         let c = &mut self.chans[ci];
         for d in &s.detections {
-            c.plan.add(d.start_ms, d.end_ms, d.kind, pad);
+            let extra_lead = self.cfg.lead_pad_ms.saturating_sub(pad);
+            c.plan.add(d.start_ms.saturating_sub(extra_lead), d.end_ms, d.kind, pad);
             *self.stats.redactions.entry(d.kind.as_str()).or_default() += 1;
         }
         if s.words.is_empty() {

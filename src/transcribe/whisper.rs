@@ -64,7 +64,13 @@ impl WhisperModel {
     /// A transcriber with its own state (one per worker thread).
     pub fn transcriber(&self, cfg: WhisperConfig) -> Result<WhisperTranscriber, TranscribeError> {
         let state = self.ctx.create_state().map_err(|e| TranscribeError::ModelUnavailable(e.to_string()))?;
-        Ok(WhisperTranscriber { state, cfg, multilingual: self.is_multilingual(), eot: self.ctx.token_eot() })
+        Ok(WhisperTranscriber {
+            state,
+            cfg,
+            multilingual: self.is_multilingual(),
+            eot: self.ctx.token_eot(),
+            beg: self.ctx.token_beg(),
+        })
     }
 }
 
@@ -74,6 +80,8 @@ pub struct WhisperTranscriber {
     multilingual: bool,
     /// End-of-text token id: every id at or above it is special (timestamps, language...).
     eot: i32,
+    /// Timestamp tokens are the ids above this one (`<|0.00|>`).
+    beg: i32,
 }
 
 impl Transcriber for WhisperTranscriber {
@@ -81,70 +89,150 @@ impl Transcriber for WhisperTranscriber {
         if audio.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        p.set_n_threads(self.cfg.threads.max(1) as i32);
-        p.set_language(Some(if self.multilingual { self.cfg.language.as_str() } else { "en" }));
-        p.set_translate(false);
-        p.set_no_context(true);
-        p.set_temperature(0.0);
-        p.set_temperature_inc(0.0);
-        // Tokens in proportion to the audio (speech is ~3-4 tokens/s in English, more in Spanish and Portuguese): a looping decoder
-        // ("one one one ...", FACTS.md §2) stops early instead of running to the cap.
-        let secs = audio.len() as f64 / 16_000.0;
-        let cap = (8.0 + secs * 10.0).min(self.cfg.max_tokens as f64) as i32;
-        p.set_max_tokens(cap);
-        p.set_token_timestamps(true);
-        p.set_suppress_blank(true);
-        p.set_suppress_nst(true);
-        // Never drop a window as "no speech": on narrow-band digits whisper.cpp's silence test
-        // (no_speech_prob high and avg logprob low) fired on whole card numbers, returning
-        // nothing, which for redaction is the worst answer. An empty window is still safe to
-        // get from VAD, not from here.
-        p.set_no_speech_thold(1.0);
-        p.set_logprob_thold(f32::NEG_INFINITY);
-        p.set_print_progress(false);
-        p.set_print_realtime(false);
-        p.set_print_special(false);
-        p.set_print_timestamps(false);
-        // Whisper pads every window to 30 s; a shorter audio context cuts the encoder's fixed cost
-        // for short windows (FACTS.md §2). 1500 frames = 30 s, 50 frames per second.
-        let ctx = ((secs + 1.0) * 50.0).ceil().clamp(256.0, 1500.0) as i32;
-        if std::env::var_os("CALLVEIL_FULL_CTX").is_none() {
-            p.set_audio_ctx(ctx);
-        }
-        // One decoding pass per window: DTW timing is computed per pass, and a window is never
-        // longer than the 30 s whisper decodes at once.
-        p.set_single_segment(true);
-        // whisper.cpp's DTW needs a few frames to align; windows shorter than a second (the tail
-        // of a call) are padded with silence, which adds no words.
-        let padded;
-        let audio = if audio.len() < MIN_SAMPLES {
-            let mut v = audio.to_vec();
-            v.resize(MIN_SAMPLES, 0.0);
-            padded = v;
-            &padded[..]
-        } else {
-            audio
-        };
-        self.state.full(p, audio).map_err(|e| TranscribeError::Failed(e.to_string()))?;
-        let eot = self.eot;
+        // One decoding pass per whisper call (DTW times are computed per call). Whisper may end
+        // its text before the audio ends (it stops after a digit string, say); the rest is then
+        // decoded in another call from where its last timestamp says it stopped, as whisper.cpp
+        // itself would seek, so the words after it are heard and not masked as unverified.
+        let total_ms = audio.len() as u64 * 1000 / 16_000;
         let mut toks: Vec<(String, u64, u64)> = Vec::new();
-        for seg in self.state.as_iter() {
-            for k in 0..seg.n_tokens() {
-                let Some(tok) = seg.get_token(k) else { continue };
-                if tok.token_id() >= eot {
-                    continue; // special and timestamp tokens
+        let mut offset_ms = 0u64;
+        for _ in 0..MAX_PASSES {
+            let from = (offset_ms * 16) as usize;
+            let pass = decode_pass(&mut self.state, &self.cfg, self.multilingual, self.eot, self.beg, &audio[from..])?;
+            let mut tokens = pass.tokens;
+            let rest_ms = total_ms - offset_ms;
+            // A decoder stuck in a loop ("1, 1, 1, ..." to the token cap) shows as word onsets
+            // that stop moving: what follows the stall is decoded again from there.
+            let stall = stall_at(&tokens).filter(|&k| {
+                let at = tokens[k].1;
+                at >= MIN_ADVANCE_MS && at + MIN_REST_MS < rest_ms
+            });
+            let stop = match stall {
+                Some(k) => {
+                    let at = tokens[k].1;
+                    tokens.truncate(k);
+                    at
                 }
-                let Ok(text) = tok.to_str_lossy() else { continue };
-                let data = tok.token_data();
-                let (t0, t1) = (data.t0.max(0) as u64 * 10, data.t1.max(0) as u64 * 10);
-                // DTW's time is where the token starts being said; -1 when it was not computed.
-                let start = if data.t_dtw >= 0 { data.t_dtw as u64 * 10 } else { t0 };
-                toks.push((text.into_owned(), start, t1.max(start)));
+                // Where this pass's text ends: its closing timestamp when whisper gave one after
+                // the last word, else a little after the last word's onset.
+                None => {
+                    let Some(last_onset) = tokens.iter().map(|t| t.1).max() else { break };
+                    pass.stopped_ms.filter(|&t| t > last_onset).unwrap_or(last_onset + LAST_WORD_MS)
+                }
+            };
+            toks.extend(tokens.into_iter().map(|(t, a, b)| (t, a + offset_ms, b + offset_ms)));
+            if stop < MIN_ADVANCE_MS || stop + MIN_REST_MS >= rest_ms {
+                break;
             }
+            offset_ms += stop;
         }
-        Ok(words_from_tokens(toks, (audio.len() as u64 * 1000) / 16_000))
+        Ok(words_from_tokens(toks, total_ms))
     }
+}
+
+/// The index of the first word-starting token from which `STALL_WORDS` more words start within
+/// `STALL_MS`: nobody speaks that fast, so the decoder is repeating itself over the same audio.
+fn stall_at(tokens: &[(String, u64, u64)]) -> Option<usize> {
+    const STALL_WORDS: usize = 4;
+    const STALL_MS: u64 = 300;
+    let starts: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i].0.starts_with(' ')).collect();
+    starts.windows(STALL_WORDS + 1).find(|w| tokens[w[STALL_WORDS]].1 - tokens[w[0]].1 < STALL_MS).map(|w| w[0])
+}
+
+/// Whisper calls per window at most.
+const MAX_PASSES: usize = 3;
+/// Another pass only when at least this much audio is left after the text ended...
+const MIN_REST_MS: u64 = 1_500;
+/// ...and the pass moved on by at least this much (no loop on the same audio).
+const MIN_ADVANCE_MS: u64 = 1_000;
+/// Without a closing timestamp, the last word is taken to last this long from its onset.
+const LAST_WORD_MS: u64 = 600;
+
+struct Pass {
+    /// Text tokens: text, start (DTW onset when computed), end; ms from the pass's audio start.
+    tokens: Vec<(String, u64, u64)>,
+    /// The last timestamp token: where whisper says its text ends.
+    stopped_ms: Option<u64>,
+}
+
+fn decode_pass(
+    state: &mut WhisperState,
+    cfg: &WhisperConfig,
+    multilingual: bool,
+    eot: i32,
+    beg: i32,
+    audio: &[f32],
+) -> Result<Pass, TranscribeError> {
+    let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    p.set_n_threads(cfg.threads.max(1) as i32);
+    p.set_language(Some(if multilingual { cfg.language.as_str() } else { "en" }));
+    p.set_translate(false);
+    p.set_no_context(true);
+    p.set_temperature(0.0);
+    p.set_temperature_inc(0.0);
+    // Tokens in proportion to the audio (speech is ~3-4 tokens/s in English, more in Spanish
+    // and Portuguese): a looping decoder ("one one one ...", FACTS.md §2) stops early instead of
+    // running to the cap.
+    let secs = audio.len() as f64 / 16_000.0;
+    let cap = (8.0 + secs * 10.0).min(cfg.max_tokens as f64) as i32;
+    p.set_max_tokens(cap);
+    p.set_token_timestamps(true);
+    p.set_suppress_blank(true);
+    p.set_suppress_nst(true);
+    // Never drop a window as "no speech": on narrow-band digits whisper.cpp's silence test
+    // (no_speech_prob high and avg logprob low) fired on whole card numbers, returning nothing,
+    // which for redaction is the worst answer. An empty window is still safe to get from VAD,
+    // not from here.
+    p.set_no_speech_thold(1.0);
+    p.set_logprob_thold(f32::NEG_INFINITY);
+    p.set_print_progress(false);
+    p.set_print_realtime(false);
+    p.set_print_special(false);
+    p.set_print_timestamps(false);
+    // Whisper pads every window to 30 s; a shorter audio context cuts the encoder's fixed cost
+    // for short windows (FACTS.md §2). 1500 frames = 30 s, 50 frames per second.
+    let ctx = ((secs + 1.0) * 50.0).ceil().clamp(256.0, 1500.0) as i32;
+    if std::env::var_os("CALLVEIL_FULL_CTX").is_none() {
+        p.set_audio_ctx(ctx);
+    }
+    // One pass per call: DTW timing is computed per pass (a window is never longer than the
+    // 30 s whisper decodes at once).
+    p.set_single_segment(true);
+    // whisper.cpp's DTW needs a few frames to align; audio shorter than a second (the tail of a
+    // call) is padded with silence, which adds no words.
+    let padded;
+    let audio = if audio.len() < MIN_SAMPLES {
+        let mut v = audio.to_vec();
+        v.resize(MIN_SAMPLES, 0.0);
+        padded = v;
+        &padded[..]
+    } else {
+        audio
+    };
+    state.full(p, audio).map_err(|e| TranscribeError::Failed(e.to_string()))?;
+    let mut tokens = Vec::new();
+    let mut stopped_ms = None;
+    for seg in state.as_iter() {
+        for k in 0..seg.n_tokens() {
+            let Some(tok) = seg.get_token(k) else { continue };
+            let id = tok.token_id();
+            if id > beg {
+                // <|t|> in 20 ms steps
+                stopped_ms = Some((id - beg) as u64 * 20);
+                continue;
+            }
+            if id >= eot {
+                continue; // other special tokens
+            }
+            let Ok(text) = tok.to_str_lossy() else { continue };
+            let data = tok.token_data();
+            let (t0, t1) = (data.t0.max(0) as u64 * 10, data.t1.max(0) as u64 * 10);
+            // DTW's time is where the token starts being said; -1 when it was not computed.
+            let start = if data.t_dtw >= 0 { data.t_dtw as u64 * 10 } else { t0 };
+            tokens.push((text.into_owned(), start, t1.max(start)));
+        }
+    }
+    Ok(Pass { tokens, stopped_ms })
 }
 
 /// Shortest audio handed to whisper (1 s at 16 kHz).
@@ -255,6 +343,21 @@ mod tests {
         let w = words_from_tokens(vec![t(" one", 800, 900), t(" two", 700, 750), t(" three", 9_000, 9_100)], 2_000);
         let got: Vec<(u64, u64)> = w.iter().map(|w| (w.start_ms, w.end_ms)).collect();
         assert_eq!(got, vec![(800, 800), (800, 2_000), (2_000, 2_000)]);
+    }
+
+    #[test]
+    fn a_looping_decoder_is_found_where_its_words_stop_moving() {
+        let t = |s: &str, a: u64| (s.to_string(), a, a);
+        let mut toks = vec![t(" my", 0), t(" card", 300), t(" is", 700), t(" 4", 1_000), t(",", 1_000)];
+        assert_eq!(stall_at(&toks), None);
+        for k in 0..10 {
+            toks.push(t(" 1", 1_400 + k * 40));
+            toks.push(t(",", 1_400 + k * 40));
+        }
+        assert_eq!(stall_at(&toks), Some(5));
+        // Fast but human speech (five words in 800 ms) is not a stall.
+        let fast: Vec<_> = (0..10).map(|k| t(" one", k * 200)).collect();
+        assert_eq!(stall_at(&fast), None);
     }
 
     #[test]
