@@ -395,11 +395,25 @@ impl Bench {
     pub fn uas(&mut self, scenario: &str, transport: Transport, sets: &[(&str, &str)]) -> Uas {
         let mut cmd = self.sipp_command(scenario, transport);
         cmd.push_pairs("-set", sets);
-        let name = format!("uas {} on {}", cmd.name, cmd.local_port);
-        let child = Guarded::spawn(&name, cmd.command());
-        let mut uas = Uas { cmd, child: Some(child), name };
-        uas.wait_listening();
-        uas
+        let mut attempt = 0;
+        loop {
+            let name = format!("uas {} on {}", cmd.name, cmd.local_port);
+            let child = Guarded::spawn(&name, cmd.command());
+            let mut uas = Uas { cmd, child: Some(child), name };
+            match uas.wait_listening() {
+                Ok(()) => return uas,
+                // A port that was free when picked can be taken by a parallel test before SIPp
+                // binds it: start again on fresh ports.
+                Err(why) if attempt < BIND_RETRIES && uas.cmd.lost_a_port() => {
+                    eprintln!("{why}\nretrying on fresh ports");
+                    attempt += 1;
+                    drop(uas.child.take());
+                    cmd = std::mem::replace(&mut uas.cmd, SippCommand::placeholder());
+                    cmd.repick_ports();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     /// Prepares a caller run; see [`Uac::run`].
@@ -423,6 +437,9 @@ impl Bench {
         }
     }
 }
+
+/// Fresh starts allowed when SIPp could not bind a port picked for it.
+const BIND_RETRIES: u32 = 3;
 
 struct SippCommand {
     name: String,
@@ -455,6 +472,40 @@ impl SippCommand {
         let screen_err = screen.try_clone().expect("clone screen log");
         cmd.stdout(screen).stderr(screen_err);
         cmd
+    }
+
+    /// SIPp stopped because a port was already in use (its error log says so).
+    fn lost_a_port(&self) -> bool {
+        fs::read_to_string(&self.errors).is_ok_and(|t| t.contains("Address already in use"))
+    }
+
+    /// New control, SIP and media ports, and an empty error log for the next start.
+    fn repick_ports(&mut self) {
+        let (control, local, media) = (free_port(), free_port(), free_ports(4));
+        for (flag, value) in [("-cp", control), ("-p", local), ("-mp", media)] {
+            if let Some(i) = self.args.iter().position(|a| a == flag) {
+                self.args[i + 1] = value.to_string();
+            }
+        }
+        self.control_port = control;
+        self.local_port = local;
+        let _ = fs::remove_file(&self.errors);
+    }
+
+    /// Stands in for a command moved out of a failed start.
+    fn placeholder() -> SippCommand {
+        SippCommand {
+            name: String::new(),
+            args: Vec::new(),
+            transport: Transport::Udp,
+            local_port: 0,
+            control_port: 0,
+            stats: PathBuf::new(),
+            errors: PathBuf::new(),
+            messages: PathBuf::new(),
+            screen: PathBuf::new(),
+            cwd: None,
+        }
     }
 
     fn diagnostics(&self) -> String {
@@ -507,17 +558,20 @@ impl Uas {
         SocketAddr::from((LOCALHOST, self.cmd.local_port))
     }
 
-    fn wait_listening(&mut self) {
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listening(self.cmd.transport, self.cmd.local_port) {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait() {
-                    panic!("{} exited early with {status}\n{}", self.name, self.cmd.diagnostics());
+                    return Err(format!("{} exited early with {status}\n{}", self.name, self.cmd.diagnostics()));
                 }
             }
-            assert!(Instant::now() < deadline, "{} did not bind its port within 10 s", self.name);
+            if Instant::now() >= deadline {
+                return Err(format!("{} did not bind its port within 10 s", self.name));
+            }
             sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Asks SIPp to quit gracefully (control command `q`: no new calls, let current ones end),
@@ -616,10 +670,21 @@ impl Uac {
             self.cmd.args.extend(["-l".into(), limit.to_string()]);
         }
         let name = format!("uac {} -> {target}", self.cmd.name);
-        let mut child = Guarded::spawn(&name, self.cmd.command());
-        let status = child.wait_timeout(self.timeout + Duration::from_secs(10));
-        drop(child);
-        self.cmd.outcome(&name, status)
+        let mut attempt = 0;
+        loop {
+            let mut child = Guarded::spawn(&name, self.cmd.command());
+            let status = child.wait_timeout(self.timeout + Duration::from_secs(10));
+            drop(child);
+            // As for a callee: a port taken between picking and binding is not the test's fault.
+            let failed = status.is_none_or(|s| !s.success());
+            if failed && attempt < BIND_RETRIES && self.cmd.lost_a_port() {
+                eprintln!("{name}: a port was taken before SIPp bound it; retrying on fresh ports");
+                attempt += 1;
+                self.cmd.repick_ports();
+                continue;
+            }
+            return self.cmd.outcome(&name, status);
+        }
     }
 }
 
