@@ -1,6 +1,8 @@
 //! whisper-rs backend: one shared model context, one reused state per worker, greedy decoding
 //! without temperature fallback (FACTS.md §2: fallback made runs slow and non-repeatable), a cap
-//! on tokens per window, and token timestamps turned into word times.
+//! on tokens per window, and word times from DTW onsets (alignment heads per model). A window is
+//! decoded in single-pass whisper calls; when the decoder stops early or loops, the rest of the
+//! window is decoded again from where its words stopped (at most three calls per window).
 //!
 //! whisper.cpp's own logging is routed into `tracing` (target `whisper_rs`) so it never writes
 //! to stderr on its own. This module never logs recognised text.
