@@ -16,6 +16,7 @@
 # was with other processes, how often the relay was preempted, and a spinning probe's gaps on
 # both CPUs (time the CPU was taken away). On this 2-vCPU VM such gaps reach several ms whatever
 # runs, so the p99 and above are the machine's, not relay work: compare with rtpengine's.
+# BUSY_POLL_US=N adds a latency row for callveil with [media] busy_poll_us = N at the same load.
 # Needs: apt-get install -y --no-install-recommends rtpengine-daemon rtpengine-utils
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ ports = "40000-59999"
 inactivity_timeout_s = 600
 hold_timeout_s = 3600
 shards = 1
+busy_poll_us = ${CV_BUSY_POLL_US:-0}
 [consent]
 mode = "not_required"
 [recording]
@@ -112,6 +114,13 @@ HALF=$(( CV_STREAMS / 2 ))
 start_callveil
 run callveil "$CV_PID" "$HALF" 127.0.0.1:$SIP_PORT 127.0.0.1:$UAS_PORT | tee "$TMP/cv_half.txt"
 kill "$CV_PID"; wait "$CV_PID" 2>/dev/null || true
+# Optionally the same half load through callveil with busy polling ([media] busy_poll_us): the
+# wake-up per packet disappears from its latency, and the CPU it spins is in its cpu_pct.
+if [ "${BUSY_POLL_US:-0}" -gt 0 ]; then
+  CV_BUSY_POLL_US=$BUSY_POLL_US start_callveil
+  run callveil "$CV_PID" "$HALF" 127.0.0.1:$SIP_PORT 127.0.0.1:$UAS_PORT | tee "$TMP/cv_half_busy.txt"
+  kill "$CV_PID"; wait "$CV_PID" 2>/dev/null || true
+fi
 noise_probe | tee "$TMP/noise2.txt"
 start_rtpengine
 run rtpengine "$RE_PID" "$HALF" 127.0.0.1:$NG_PORT | tee "$TMP/re_half.txt"
@@ -135,6 +144,10 @@ latency() {
   }'
 }
 latency callveil "$TMP/cv_half.txt"
+if [ -s "$TMP/cv_half_busy.txt" ]; then
+  latency "callveil with busy_poll_us=$BUSY_POLL_US" "$TMP/cv_half_busy.txt"
+  echo "          its CPU at that load: $(field cpu_pct < "$TMP/cv_half_busy.txt")% (spinning included), without busy polling $(field cpu_pct < "$TMP/cv_half.txt")%"
+fi
 latency rtpengine "$TMP/re_half.txt"
 echo "noise floor (a spinning thread's gaps; a packet in flight waits as long, on either CPU it crosses):"
 sed 's/^/  /' "$TMP/noise1.txt" "$TMP/noise2.txt"

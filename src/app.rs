@@ -23,7 +23,7 @@ use crate::media::anchor::{Anchor, AnchorConfig, TapOpener};
 use crate::media::relay::RelayConfig;
 use crate::metrics::Metrics;
 use crate::net::metrics_http::MetricsServer;
-use crate::net::rtp::{MediaDriver, MediaShutdown};
+use crate::net::rtp::{MediaDriver, MediaShutdown, ShardOptions};
 use crate::net::{Driver, Listeners, NetConfig};
 use crate::recording::driver::RecordingService;
 use crate::sip::events::{CallCommand, CallEvent};
@@ -98,8 +98,10 @@ fn media(settings: &Settings, metrics: &Metrics) -> anyhow::Result<(Anchor<Media
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let (driver, shutdown) = MediaDriver::start(settings.media_bind, shards, relay, metrics.media.clone())
-        .context("starting the media relay")?;
+    let options = ShardOptions { busy_poll: Duration::from_micros(m.busy_poll_us) };
+    let (driver, shutdown) =
+        MediaDriver::start_with(settings.media_bind, shards, relay, metrics.media.clone(), options)
+            .context("starting the media relay")?;
     let config = AnchorConfig {
         advertise: settings.media_advertise,
         ports: settings.media_ports,

@@ -17,7 +17,7 @@ use callveil::media::rtp::{classify, Packet};
 use callveil::media::sdp;
 use callveil::media::tap::TapEvent;
 use callveil::metrics::MediaMetrics;
-use callveil::net::rtp::MediaDriver;
+use callveil::net::rtp::{MediaDriver, ShardOptions};
 use callveil::sip::events::MediaCommand;
 use callveil::sip::sdp::{Leg, MediaAnchor, SdpContext, SdpRole};
 
@@ -40,19 +40,31 @@ fn rtp(pt: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
 
 /// A port range unlikely to collide with other tests running at the same time; pairs that fail
 /// to bind are skipped by the anchor anyway.
-fn ports() -> PortRange {
-    let first = 20000 + (std::process::id() % 2000) as u16 * 20;
+fn ports(slot: u16) -> PortRange {
+    let first = 20000 + (std::process::id() % 1000) as u16 * 40 + slot * 20;
     PortRange { first, last: first + 19 }
 }
 
 #[test]
 fn ivr_early_media_prompt_tap_and_secure_entry_on_loopback() {
+    ivr_early_media_prompt_tap_and_secure_entry(ShardOptions::default(), 0);
+}
+
+/// The same with busy-polling shards (`[media] busy_poll_us`): spinning must not starve the
+/// commands, the prompt pacing or the relay.
+#[test]
+fn the_same_with_busy_polling_shards() {
+    ivr_early_media_prompt_tap_and_secure_entry(ShardOptions { busy_poll: Duration::from_micros(200) }, 1);
+}
+
+fn ivr_early_media_prompt_tap_and_secure_entry(options: ShardOptions, slot: u16) {
     let metrics = MediaMetrics::default();
     let (driver, shutdown) =
-        MediaDriver::start("127.0.0.1".parse().unwrap(), 1, RelayConfig::default(), metrics.clone()).unwrap();
+        MediaDriver::start_with("127.0.0.1".parse().unwrap(), 1, RelayConfig::default(), metrics.clone(), options)
+            .unwrap();
     let config = AnchorConfig {
         advertise: "127.0.0.1".parse().unwrap(),
-        ports: ports(),
+        ports: ports(slot),
         quarantine: Duration::from_secs(1),
         srtp: [SrtpPolicy::Same; 2],
     };
