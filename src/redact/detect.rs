@@ -199,6 +199,18 @@ impl StreamDetector {
         }
     }
 
+    /// Where a run starting at `start_ms` begins once stretched back over a hole in the
+    /// transcript: when the word before it plausibly ended at `prev_end` and the run's first
+    /// word starts well after that, ASR heard nothing there though someone spoke (whisper times
+    /// each word until the next one starts, so the hole shows only as an overlong word). Near a
+    /// number that is most likely its first digits, unrecognised.
+    fn stretch_back(&self, start_ms: u64, prev_end: Option<u64>) -> u64 {
+        match prev_end {
+            Some(p) if p < start_ms => p.max(start_ms.saturating_sub(STRETCH_FACTOR * self.cfg.max_gap_ms)),
+            _ => start_ms,
+        }
+    }
+
     fn ctx_at(&self, t: u64) -> Option<Ctx> {
         self.ctx.filter(|c| t <= c.until_ms)
     }
@@ -303,6 +315,12 @@ impl StreamDetector {
                 }
                 suspect = None;
             }
+            if kind.is_some() {
+                let w = toks[first].first_word;
+                // Only over words still pending: audio before them may have been released.
+                let prev_end = w.checked_sub(1).map(|p| spoken_end(&self.pending[p]));
+                start_ms = start_ms.min(self.stretch_back(toks[first].start_ms, prev_end));
+            }
             if let Some(kind) = kind {
                 for m in &mut marks[toks[first].first_word..=toks[last].last_word] {
                     *m = Some(kind);
@@ -330,6 +348,7 @@ impl StreamDetector {
     fn collect_run(&self, toks: &[Token], i: usize, in_ctx: bool) -> Option<Run> {
         let is_core = |t: &Token| matches!(t.kind, TokKind::Digits(_)) || (in_ctx && t.kind == TokKind::Loose);
         let mut last_real = None;
+        let mut last_core = None;
         let mut last_end = toks[i].start_ms;
         let mut slack = 0;
         let mut letters = 0;
@@ -347,6 +366,7 @@ impl StreamDetector {
                 letters = 0;
                 slack = 0;
                 last_real = Some(j);
+                last_core = Some(j);
             } else if let TokKind::Letter(_) = t.kind {
                 letters += 1;
                 if letters > 4 {
@@ -358,6 +378,21 @@ impl StreamDetector {
                 }
             } else if in_ctx && has_core && t.kind == TokKind::Other && slack < self.cfg.context_slack {
                 slack += 1;
+            } else if let Some(b) = last_core.filter(|_| !in_ctx).map(|c| self.bridge(toks, c, j)) {
+                match b {
+                    // Words ASR made of digits between two digits: the run goes on through them.
+                    Bridge::To(next) => {
+                        last_end = toks[next - 1].end_ms;
+                        j = next;
+                        continue;
+                    }
+                    // The digit that would close the bridge may be in the next window.
+                    Bridge::Open => break,
+                    Bridge::No => {
+                        stopped = true;
+                        break;
+                    }
+                }
             } else {
                 stopped = true;
                 break;
@@ -367,11 +402,45 @@ impl StreamDetector {
         }
         if !has_core {
             // Letters alone are not a run, unless they are the last tokens and digits may follow.
-            return (!stopped && j == toks.len()).then_some(Run { last: j - 1, stopped: false });
+            return (!stopped && j == toks.len()).then(|| Run { last: j - 1, stopped: false });
         }
         let last = last_real.unwrap_or(i);
         // Trailing letters count only when the run ended (a DNI letter), not while open.
         Some(Run { last, stopped: stopped || last + 1 < j })
+    }
+
+    /// Outside a context, a few words between two digits may still be digits ASR misheard: "5
+    /// free 6" (a homophone), "uno no se es 4" (digits turned into other words). Returns the
+    /// index of the digit token after the words starting at `j`, when they bridge `toks[last]`
+    /// to it: homophones between any digits, other words only between digits read one by one
+    /// (a number said digit by digit has no words inside it; "2 kids and 3" has, but stays far
+    /// too short for any detector), and never across a keyword, a letter or a long pause.
+    fn bridge(&self, toks: &[Token], last: usize, j: usize) -> Bridge {
+        let single = |t: &Token| matches!(&t.kind, TokKind::Digits(d) if d.len() == 1);
+        let left = &toks[last];
+        if !matches!(left.kind, TokKind::Digits(_)) {
+            return Bridge::No;
+        }
+        let mut k = j;
+        while k < toks.len() && k - j < BRIDGE_WORDS && matches!(toks[k].kind, TokKind::Loose | TokKind::Other) {
+            k += 1;
+        }
+        let within = |t: &Token| t.start_ms.saturating_sub(left.start_ms) <= self.cfg.max_gap_ms;
+        if k == j || !within(&toks[k - 1]) {
+            return Bridge::No;
+        }
+        let homophones = toks[j..k].iter().all(|t| t.kind == TokKind::Loose);
+        match toks.get(k) {
+            None if k - j < BRIDGE_WORDS => Bridge::Open,
+            Some(right)
+                if matches!(right.kind, TokKind::Digits(_))
+                    && within(right)
+                    && (homophones || (single(left) && single(right))) =>
+            {
+                Bridge::To(k)
+            }
+            _ => Bridge::No,
+        }
     }
 
     /// The kind, and whether letters took part in the match.
@@ -384,16 +453,31 @@ impl StreamDetector {
         let mut digits = String::new();
         let mut alnum = String::new();
         let mut core = 0;
-        for t in toks {
+        // Words inside the run that may stand for digits (homophones, ASR garbage between digits).
+        let mut unknown = 0;
+        let is_core = |t: &Token| matches!(t.kind, TokKind::Digits(_) | TokKind::Loose);
+        let first_core = toks.iter().position(is_core).unwrap_or(0);
+        let last_core = toks.iter().rposition(is_core).unwrap_or(0);
+        for (k, t) in toks.iter().enumerate() {
             match &t.kind {
                 TokKind::Digits(s) => {
                     digits.push_str(s);
                     alnum.push_str(s);
                     core += 1;
                 }
-                TokKind::Letter(c) => alnum.push(*c),
-                TokKind::Loose => core += 1,
-                _ => {}
+                TokKind::Letter(c) => {
+                    alnum.push(*c);
+                    // A letter between digits ("7 o 9 o 5": Spanish "o" for a digit) may be one.
+                    if (first_core..last_core).contains(&k) {
+                        unknown += 1;
+                    }
+                }
+                TokKind::Loose => {
+                    core += 1;
+                    unknown += 1;
+                }
+                TokKind::Other => unknown += 1,
+                TokKind::Keyword(_) => {}
             }
         }
         if core == 0 {
@@ -409,7 +493,9 @@ impl StreamDetector {
         if d.national_id && windows(9).any(|r| checks::is_dni_or_nie(&alnum[r.clone()]) || checks::is_nino(&alnum[r])) {
             return Some((SpanKind::NationalId, true));
         }
-        if let Some(k) = ctx {
+        // An account or IBAN context covers account-length numbers only: "my account was charged
+        // 50 dollars" is not an account number.
+        if let Some(k) = ctx.filter(|&k| k != SpanKind::Iban || digits.len() >= IBAN_CONTEXT_MIN_DIGITS) {
             return Some((k, false));
         }
         if in_payment && digits.len() >= 2 {
@@ -435,9 +521,69 @@ impl StreamDetector {
         if d.digits && digits.len() >= self.cfg.min_digits {
             return Some((SpanKind::Digits, false));
         }
+        // The fail-safe exists because ASR drops digits; it counts what ASR lost too: words that
+        // stand for digits, and one digit more when the run's rhythm shows a hole. Such a run
+        // must still be mostly real digits, as a number read out is ("we won 3 to 1, then lost 2
+        // to 4, and drew 1 to 1" is not).
+        let lost = usize::from(dropped_digit(toks));
+        let counted = digits.len() + unknown + lost;
+        let mostly_digits = digits.len() >= MIN_REAL_DIGITS.min(self.cfg.min_digits) && unknown < digits.len();
+        // Spanish IDs whose check letter ASR lost or misheard are still IDs: 8 digits (DNI), or
+        // X, Y or Z and 7 digits (NIE).
+        if d.national_id && self.cfg.lang == Lang::Es && mostly_digits {
+            let nie = matches!(toks.first().map(|t| &t.kind), Some(TokKind::Letter('X' | 'Y' | 'Z')));
+            if counted >= 8 || (nie && counted >= 7) {
+                return Some((SpanKind::NationalId, nie));
+            }
+        }
+        if d.digits && counted >= self.cfg.min_digits && mostly_digits {
+            return Some((SpanKind::Digits, false));
+        }
         None
     }
 }
+
+/// Whether a run read digit by digit shows a digit ASR dropped: one step between word onsets
+/// much longer than the run's usual step (Whisper writes "2, 2" as "2", or swallows a digit into
+/// the next word, and DTW times the next digit where it was said).
+fn dropped_digit(toks: &[Token]) -> bool {
+    let onsets: Vec<u64> = toks
+        .iter()
+        .filter(|t| matches!(&t.kind, TokKind::Digits(d) if d.len() == 1) || t.kind == TokKind::Loose)
+        .map(|t| t.start_ms)
+        .collect();
+    if onsets.len() < RHYTHM_MIN_DIGITS {
+        return false;
+    }
+    let mut steps: Vec<u64> = onsets.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    let longest = steps.iter().copied().max().unwrap_or(0);
+    steps.sort_unstable();
+    let median = steps[steps.len() / 2];
+    median > 0 && longest * 5 >= median * 8
+}
+
+/// Where a word plausibly ended: its onset plus what its letters take to say, at most its given
+/// end (which is the next word's onset).
+fn spoken_end(w: &Word) -> u64 {
+    let letters = w.text.expose().chars().filter(|c| c.is_alphanumeric()).count() as u64;
+    w.end_ms.min(w.start_ms + WORD_BASE_MS + WORD_PER_LETTER_MS * letters)
+}
+
+/// A word's plausible length: this much plus [`WORD_PER_LETTER_MS`] per letter (slow speech).
+const WORD_BASE_MS: u64 = 200;
+const WORD_PER_LETTER_MS: u64 = 90;
+/// A run stretches back over a hole before it by at most this many `max_gap_ms`.
+const STRETCH_FACTOR: u64 = 2;
+
+/// Unknown words bridging two digits, at most.
+const BRIDGE_WORDS: usize = 3;
+/// A fail-safe run that counts unknown words or a dropped digit needs this many real digits.
+const MIN_REAL_DIGITS: usize = 6;
+/// Digits read one by one that give a run a rhythm to judge a dropped digit by.
+const RHYTHM_MIN_DIGITS: usize = 5;
+/// Digits a run needs to be redacted in an account context (sort codes have 6, account numbers
+/// 8 or more), so that ASR's homophones ("won", "to") after "account" make no account number.
+const IBAN_CONTEXT_MIN_DIGITS: usize = 6;
 
 /// Digits in an unredacted run that make it a possible fragment of a longer number.
 const SUSPECT_DIGITS: usize = 3;
@@ -445,6 +591,14 @@ const SUSPECT_DIGITS: usize = 3;
 const FRAGMENT_WORDS: usize = 4;
 /// A fragment can be claimed this many `context_hold_ms` after its end.
 const FRAGMENT_HOLD_FACTOR: u64 = 2;
+
+enum Bridge {
+    /// The words bridge to the digit token at this index.
+    To(usize),
+    /// They reach the end of what was heard so far: undecided.
+    Open,
+    No,
+}
 
 struct Run {
     /// Index of the run's last real token (trailing fillers excluded).
@@ -689,5 +843,131 @@ mod tests {
         d.push(words(0, "4111 1111 1111 1111"), 0);
         assert!(d.finish().detections.is_empty());
         assert!(Detectors::from_names(&["pan", "bogus"]).is_err());
+    }
+
+    /// Words at given onsets (ms); each ends where the next starts, as whisper times them.
+    fn timed(ws: &[(&str, u64)], end: u64) -> Vec<Word> {
+        ws.iter()
+            .enumerate()
+            .map(|(i, (w, t))| Word {
+                text: Pii::new(w.to_string()),
+                start_ms: *t,
+                end_ms: ws.get(i + 1).map_or(end, |n| n.1),
+            })
+            .collect()
+    }
+
+    fn detect_all(lang: Lang, words: Vec<Word>) -> Vec<Detection> {
+        let mut d = StreamDetector::new(DetectConfig { lang, ..DetectConfig::default() });
+        let end = words.last().map_or(0, |w| w.end_ms);
+        let mut dets = d.push(words, end).detections;
+        dets.extend(d.finish().detections);
+        dets
+    }
+
+    #[test]
+    fn homophones_between_digits_count_without_a_context() {
+        // "three" heard as "free": the run goes on through it, and the nine digits are caught.
+        let r = run(Lang::En, "sure here it is 5 free 6 2 2 7 1 9 4 anything else");
+        assert_eq!(r, vec![(SpanKind::Digits, "5 free 6 2 2 7 1 9 4".into())]);
+        // Between numbers said as numbers, a homophone is a word.
+        assert!(run(Lang::En, "it is 2 for 5 dollars or 3 for 7").is_empty());
+    }
+
+    #[test]
+    fn a_dropped_digit_shows_in_the_rhythm() {
+        // "5 3 6 2 2 7 1 9 4" heard as "5 free 6 2 7 1 9 4": one "2" lost. The onsets keep the
+        // hole (760 ms where the run steps 380 ms), which counts as the missing ninth digit.
+        let heard = |hole: u64| {
+            let mut t = 1_000;
+            let mut ws = Vec::new();
+            for (k, w) in ["5", "free", "6", "2", "7", "1", "9", "4"].into_iter().enumerate() {
+                ws.push((w, t));
+                t += if k == 3 { hole } else { 380 };
+            }
+            ws.push(("thanks", t + 400));
+            detect_all(Lang::En, timed(&ws, t + 900))
+        };
+        let d = heard(760);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].kind, d[0].start_ms), (SpanKind::Digits, 1_000));
+        // The same eight words said evenly are eight digits: below the fail-safe.
+        assert!(heard(380).is_empty());
+    }
+
+    #[test]
+    fn words_between_digits_read_one_by_one_may_be_digits() {
+        // "uno dos tres" heard as "uno no se es": the run bridges them.
+        let r = run(Lang::En, "it is 1 no see is 4 5 6 7 8 7 thanks");
+        assert_eq!(r, vec![(SpanKind::Digits, "1 no see is 4 5 6 7 8 7".into())]);
+        // In Spanish the same run has the shape of a DNI whose letter was lost.
+        let r = run(Lang::Es, "mi número uno no se es 4 5 6 7 8 7 gracias");
+        assert_eq!(r, vec![(SpanKind::NationalId, "uno no se es 4 5 6 7 8 7".into())]);
+        // Spanish "o" (a letter) between digits: "siete cero nueve" heard as "7 o 9".
+        let r = run(Lang::Es, "7 o 9 o 5 o 9 o 4 7 vale");
+        assert_eq!(r, vec![(SpanKind::NationalId, "7 o 9 o 5 o 9 o 4 7".into())]);
+        // Numbers in ordinary speech stay: words between them, or numbers that are not digits.
+        assert!(run(Lang::En, "press 1 for billing press 2 for support press 3 for sales or 4 for me").is_empty());
+        assert!(run(Lang::En, "I have 2 kids and 3 dogs and 1 cat and 4 fish and 5 birds").is_empty());
+        assert!(run(Lang::En, "I ordered 24 bottles and 12 glasses and 16 plates and 48 cups").is_empty());
+        assert!(run(Lang::En, "we won 3 to 1 then lost 2 to 4 and drew 1 to 1 today").is_empty());
+        // Too few real digits: the unknown words alone do not make a number.
+        assert!(run(Lang::En, "1 went and 2 went and 3 went and").is_empty());
+    }
+
+    #[test]
+    fn spanish_ids_without_their_letter() {
+        let r = run(Lang::Es, "apunte 4 8 2 1 3 6 5 9 gracias");
+        assert_eq!(r, vec![(SpanKind::NationalId, "4 8 2 1 3 6 5 9".into())]);
+        // "dos" heard as "no": X, six digits and a word standing for one.
+        let r = run(Lang::Es, "apunte equis uno no tres cuatro cinco seis siete vale");
+        assert_eq!(r, vec![(SpanKind::NationalId, "equis uno no tres cuatro cinco seis siete".into())]);
+        // Shorter numbers, and the same digits in English, are not IDs.
+        assert!(run(Lang::Es, "apunte 4 8 2 1 3 6 5 gracias").is_empty());
+        assert!(run(Lang::En, "write down 4 8 2 1 3 6 5 9 thanks").is_empty());
+    }
+
+    #[test]
+    fn an_account_context_takes_account_length_numbers_only() {
+        assert!(run(Lang::En, "my account was charged 50 dollars twice").is_empty());
+        assert!(run(Lang::En, "to my account. we won free to one and lost to the four").is_empty());
+        let r = run(Lang::En, "my account is 3 1 9 2 6 8 thanks");
+        assert_eq!(r, vec![(SpanKind::Iban, "3 1 9 2 6 8".into())]);
+        assert!(run(Lang::Es, "la cuenta son 45 euros").is_empty());
+    }
+
+    #[test]
+    fn a_run_stretches_back_over_a_hole_in_the_transcript() {
+        // Whisper heard nothing between "é" (said at 4.24 s) and the first digit it timed at
+        // 7.2 s, though the caller spoke: the span starts where "é" plausibly ended.
+        let mut ws = vec![("o", 2_040), ("número", 2_520), ("é", 4_240)];
+        let digits: Vec<(String, u64)> =
+            (0..16).map(|k| (["4", "2"][k % 2].to_string(), 7_200 + 300 * k as u64)).collect();
+        ws.extend(digits.iter().map(|(d, t)| (d.as_str(), *t)));
+        let d = detect_all(Lang::Pt, timed(&ws, 12_200));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, SpanKind::Pan);
+        assert_eq!(d[0].start_ms, 4_240 + WORD_BASE_MS + WORD_PER_LETTER_MS);
+        // At most 2 × max_gap_ms back.
+        let mut ws = vec![("é", 1_000)];
+        ws.extend(digits.iter().map(|(d, t)| (d.as_str(), *t)));
+        assert_eq!(detect_all(Lang::Pt, timed(&ws, 12_200))[0].start_ms, 7_200 - 3_000);
+        // Words that follow each other closely leave no hole.
+        let ws = [("it", 1_000), ("is", 1_200)].into_iter().chain(digits.iter().map(|(d, t)| (d.as_str(), *t - 5_800)));
+        let ws: Vec<(&str, u64)> = ws.collect();
+        assert_eq!(detect_all(Lang::Pt, timed(&ws, 7_000))[0].start_ms, 1_400);
+    }
+
+    #[test]
+    fn a_bridge_at_the_end_of_a_window_waits_for_the_next() {
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let s1 = d.push(words(0, "sure it is 5 free"), 1_500);
+        assert!(s1.detections.is_empty());
+        assert_eq!(s1.words.len(), 3, "the run and its homophone are held");
+        let s2 = d.push(words(1_500, "6 2 2 7 1 9 4 thanks"), 6_000);
+        let f = d.finish();
+        let dets: Vec<_> = s2.detections.into_iter().chain(f.detections).collect();
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert_eq!((dets[0].kind, dets[0].start_ms), (SpanKind::Digits, 900));
     }
 }

@@ -331,6 +331,54 @@ fn is_loose(lang: Lang, w: &str) -> bool {
     }
 }
 
+/// Spelled letters as ASR writes them out ("equis" for the X of a NIE). Only names that are not
+/// everyday words: "de", "te", "se" or "be" would turn prepositions and pronouns into letters.
+fn letter_name(lang: Lang, w: &str) -> Option<char> {
+    let c = match lang {
+        Lang::En => match w {
+            "aitch" | "haitch" => 'H',
+            "zed" | "zee" => 'Z',
+            "ex" => 'X',
+            "vee" => 'V',
+            "dee" => 'D',
+            "cue" | "queue" => 'Q',
+            "kay" => 'K',
+            "jay" => 'J',
+            "ess" => 'S',
+            _ => return None,
+        },
+        Lang::Es => match w {
+            "equis" => 'X',
+            "jota" => 'J',
+            "zeta" => 'Z',
+            "hache" => 'H',
+            "efe" => 'F',
+            "ele" => 'L',
+            "eme" => 'M',
+            "ene" => 'N',
+            "erre" => 'R',
+            "uve" => 'V',
+            "ka" => 'K',
+            _ => return None,
+        },
+        Lang::Pt => match w {
+            "xis" => 'X',
+            "jota" => 'J',
+            "ze" => 'Z',
+            "aga" => 'H',
+            "efe" => 'F',
+            "ele" => 'L',
+            "eme" => 'M',
+            "ene" => 'N',
+            "erre" => 'R',
+            "esse" => 'S',
+            "capa" => 'K',
+            _ => return None,
+        },
+    };
+    Some(c)
+}
+
 /// Keyword phrases, longest first within a language so "cartão de cidadão" beats "cartão".
 fn keywords(lang: Lang) -> &'static [(&'static [&'static str], Context)] {
     use Context::*;
@@ -366,6 +414,9 @@ fn keywords(lang: Lang) -> &'static [(&'static [&'static str], Context)] {
             (&["visa"], Card),
             (&["mastercard"], Card),
             (&["amex"], Card),
+            // Alone, "account" opens an account context for account-length numbers only
+            // (`detect`): callers say "my account" about much else.
+            (&["account"], Iban),
             (&["cvv"], Security),
             (&["cvc"], Security),
             (&["cv2"], Security),
@@ -540,8 +591,9 @@ pub fn normalize(lang: Lang, words: &[Word]) -> Vec<Token> {
             continue;
         }
         let mut chars = p.text.chars();
-        let kind = match (chars.next(), chars.next()) {
-            (Some(c), None) if c.is_alphabetic() => TokKind::Letter(c.to_ascii_uppercase()),
+        let kind = match (chars.next(), chars.next(), letter_name(lang, &p.text)) {
+            (Some(c), None, _) if c.is_alphabetic() => TokKind::Letter(c.to_ascii_uppercase()),
+            (_, _, Some(c)) => TokKind::Letter(c),
             _ if is_loose(lang, &p.text) => TokKind::Loose,
             _ => TokKind::Other,
         };
@@ -581,14 +633,24 @@ fn edit_distance_at_most_1(a: &str, b: &str) -> bool {
 /// loop trips the digit-run fail-safe.
 fn mark_loops(ps: &[Piece], toks: &mut [Token]) {
     const MIN_LOOP: usize = 4;
+    // Right after or before digits, three repeats are enough: the loop is the number's rest.
+    const MIN_LOOP_NEXT_TO_DIGITS: usize = 3;
     let text = |t: &Token| ps.iter().find(|p| p.word == t.first_word).map(|p| p.text.as_str()).unwrap_or("");
+    let is_digits = |t: Option<&Token>| t.is_some_and(|t| matches!(t.kind, TokKind::Digits(_)));
     let mut i = 0;
     while i < toks.len() {
         let mut j = i + 1;
         while j < toks.len() && toks[i].kind == toks[j].kind && text(&toks[i]) == text(&toks[j]) {
             j += 1;
         }
-        if j - i >= MIN_LOOP && matches!(toks[i].kind, TokKind::Other | TokKind::Loose) {
+        // A letter may sit between ("5, o poço, poço"): Portuguese "o", English "a".
+        let before = match i.checked_sub(1).map(|k| &toks[k]) {
+            Some(t) if matches!(t.kind, TokKind::Letter(_)) => i.checked_sub(2).map(|k| &toks[k]),
+            t => t,
+        };
+        let next_to_digits = is_digits(before) || is_digits(toks.get(j));
+        let min = if next_to_digits { MIN_LOOP_NEXT_TO_DIGITS } else { MIN_LOOP };
+        if j - i >= min && matches!(toks[i].kind, TokKind::Other | TokKind::Loose) {
             for t in &mut toks[i..j] {
                 t.kind = TokKind::Digits("0".into());
             }
@@ -779,6 +841,24 @@ mod tests {
     fn asr_loops_become_unknown_digits() {
         assert_eq!(digits(Lang::Pt, "um homem uau, uau, uau, uau, uau. obrigado"), "1 0 0 0 0 0");
         assert_eq!(digits(Lang::En, "very very very good"), "");
+        // Next to digits three repeats are a loop, through a letter too.
+        assert_eq!(digits(Lang::Pt, "5, 5, o poço, poço, poço. O"), "5 5 0 0 0");
+        assert_eq!(digits(Lang::Pt, "muito muito muito obrigado"), "");
+    }
+
+    #[test]
+    fn spelled_letter_names() {
+        let letters = |lang, text| {
+            normalize(lang, &words(text))
+                .into_iter()
+                .filter_map(|t| if let TokKind::Letter(c) = t.kind { Some(c) } else { None })
+                .collect::<String>()
+        };
+        assert_eq!(letters(Lang::Es, "equis uno dos jota"), "XJ");
+        assert_eq!(letters(Lang::Pt, "xis um dois zê"), "XZ");
+        assert_eq!(letters(Lang::En, "zed 1 2 aitch"), "ZH");
+        // Everyday words stay words.
+        assert_eq!(letters(Lang::Es, "de te se"), "");
     }
 
     #[test]
