@@ -236,6 +236,8 @@ impl StreamDetector {
         let mut settle_word = self.pending.len();
         // The last run of a few digits that was not redacted: (first token, last token).
         let mut suspect: Option<(usize, usize)> = None;
+        // Tokens before this index belong to runs already decided.
+        let mut floor = 0;
         let mut i = 0;
         while i < toks.len() {
             let t = &toks[i];
@@ -260,24 +262,31 @@ impl StreamDetector {
                 i += 1;
                 continue;
             };
+            // Homophones right before the first digit ("time free fix 2 2 7": five three six)
+            // are the number's start; inside a context the run already starts at them.
+            let s0 = if ctx.is_none() && matches!(t.kind, TokKind::Digits(_)) {
+                leading_homophones(&toks, i, floor, self.cfg.max_gap_ms)
+            } else {
+                i
+            };
             let closed = run.stopped || mode != Mode::Streaming || {
                 let last_end = toks[run.last].end_ms;
                 self.complete_ms >= last_end + self.cfg.max_gap_ms
             };
             if !closed {
-                settle_word = t.first_word;
+                settle_word = toks[s0].first_word;
                 break;
             }
-            let (mut kind, uses_letters) =
-                match self.decide(&toks[i..=run.last], ctx.map(|c| c.kind), self.in_payment(t.start_ms)) {
-                    Some((k, l)) => (Some(k), l),
-                    None => (None, false),
-                };
+            let in_payment = self.in_payment(t.start_ms);
+            let (mut kind, uses_letters) = match self.decide(&toks[s0..=run.last], ctx.map(|c| c.kind), in_payment) {
+                Some((k, l)) => (Some(k), l),
+                None => (None, false),
+            };
             if kind.is_none() && mode == Mode::Break && !run.stopped {
                 kind = Some(SpanKind::Digits);
             }
             let digit_count: usize =
-                toks[i..=run.last].iter().map(|t| if let TokKind::Digits(d) = &t.kind { d.len() } else { 0 }).sum();
+                toks[s0..=run.last].iter().map(|t| if let TokKind::Digits(d) = &t.kind { d.len() } else { 0 }).sum();
             if kind.is_none() && digit_count >= SUSPECT_DIGITS {
                 // A fragment of a number ("4012888, hang on, ..."): held until enough words or
                 // time have followed it that no redacted run can still claim it. ASR times a
@@ -285,14 +294,14 @@ impl StreamDetector {
                 let words_after = toks.len() - run.last - 1;
                 let until = toks[run.last].end_ms + FRAGMENT_HOLD_FACTOR * self.cfg.context_hold_ms;
                 if mode == Mode::Streaming && words_after <= FRAGMENT_WORDS && self.complete_ms < until {
-                    settle_word = t.first_word;
+                    settle_word = toks[s0].first_word;
                     break;
                 }
-                suspect = Some((i, run.last));
+                suspect = Some((s0, run.last));
             }
             // Letters belong to the span only when an ID check used them ("X 1234567 L");
             // otherwise they are words like Portuguese "é" or English "a" next to a number.
-            let (mut first, mut last) = (i, run.last);
+            let (mut first, mut last) = (s0, run.last);
             if !uses_letters {
                 while first < last && matches!(toks[first].kind, TokKind::Letter(_)) {
                     first += 1;
@@ -307,8 +316,8 @@ impl StreamDetector {
             }
             if let (Some(_), Some((sf, sl))) = (kind, suspect) {
                 // A redacted run claims the fragment just before it, and what lies between.
-                let between = i - sl - 1;
-                let near = toks[i].start_ms <= toks[sl].end_ms + FRAGMENT_HOLD_FACTOR * self.cfg.context_hold_ms;
+                let between = s0 - sl - 1;
+                let near = toks[s0].start_ms <= toks[sl].end_ms + FRAGMENT_HOLD_FACTOR * self.cfg.context_hold_ms;
                 if between <= FRAGMENT_WORDS && near {
                     first = sf;
                     start_ms = start_ms.min(toks[sf].start_ms);
@@ -320,6 +329,13 @@ impl StreamDetector {
                 // Only over words still pending: audio before them may have been released.
                 let prev_end = w.checked_sub(1).map(|p| spoken_end(&self.pending[p]));
                 start_ms = start_ms.min(self.stretch_back(toks[first].start_ms, prev_end));
+                if in_payment {
+                    // After card data the expiry and code are short numbers whose first digits
+                    // ASR turns into words ("oh nine twenty seven" heard as "boat I in 20th"):
+                    // the words just before such a number are masked with it.
+                    let k = reach_back_words(&toks, first, floor, self.cfg.max_gap_ms);
+                    start_ms = start_ms.min(toks[k].start_ms);
+                }
             }
             if let Some(kind) = kind {
                 for m in &mut marks[toks[first].first_word..=toks[last].last_word] {
@@ -337,6 +353,17 @@ impl StreamDetector {
                 self.ctx = Some(Ctx { kind, until_ms: end_ms + self.cfg.context_hold_ms, keyword_end: None });
             }
             i = run.last + 1;
+            floor = i;
+        }
+        if mode == Mode::Streaming && settle_word == self.pending.len() {
+            // Homophones at the very end may start a number the next window brings.
+            let mut k = toks.len();
+            while k > floor && toks.len() - k < BRIDGE_WORDS && toks[k - 1].kind == TokKind::Loose {
+                k -= 1;
+            }
+            if k < toks.len() {
+                settle_word = toks[k].first_word;
+            }
         }
         let rest = self.pending.split_off(settle_word);
         let done = std::mem::replace(&mut self.pending, rest);
@@ -574,6 +601,34 @@ const WORD_BASE_MS: u64 = 200;
 const WORD_PER_LETTER_MS: u64 = 90;
 /// A run stretches back over a hole before it by at most this many `max_gap_ms`.
 const STRETCH_FACTOR: u64 = 2;
+
+/// The first of up to [`BRIDGE_WORDS`] homophones ("free", "to") right before `toks[i]`, each
+/// within `max_gap_ms` of the next, not before `floor`; `i` when there are none.
+fn leading_homophones(toks: &[Token], i: usize, floor: usize, max_gap_ms: u64) -> usize {
+    let mut k = i;
+    while k > floor
+        && i - k < BRIDGE_WORDS
+        && toks[k - 1].kind == TokKind::Loose
+        && toks[k].start_ms.saturating_sub(toks[k - 1].start_ms) <= max_gap_ms
+    {
+        k -= 1;
+    }
+    k
+}
+
+/// The first of up to [`BRIDGE_WORDS`] words (not keywords or digits) right before `toks[i]`,
+/// starting at most `max_gap_ms` before it, not before `floor`; `i` when there are none.
+fn reach_back_words(toks: &[Token], i: usize, floor: usize, max_gap_ms: u64) -> usize {
+    let mut k = i;
+    while k > floor
+        && i - k < BRIDGE_WORDS
+        && matches!(toks[k - 1].kind, TokKind::Other | TokKind::Loose | TokKind::Letter(_))
+        && toks[i].start_ms.saturating_sub(toks[k - 1].start_ms) <= max_gap_ms
+    {
+        k -= 1;
+    }
+    k
+}
 
 /// Unknown words bridging two digits, at most.
 const BRIDGE_WORDS: usize = 3;
@@ -969,5 +1024,49 @@ mod tests {
         let dets: Vec<_> = s2.detections.into_iter().chain(f.detections).collect();
         assert_eq!(dets.len(), 1, "{dets:?}");
         assert_eq!((dets[0].kind, dets[0].start_ms), (SpanKind::Digits, 900));
+    }
+
+    #[test]
+    fn homophones_before_the_first_digit_start_the_number() {
+        // "five three six" heard as "time free fix": 6 real digits and 3 homophones.
+        let r = run(Lang::En, "here it is time free fix 2 2 7 1 9 4 anything else");
+        assert_eq!(r, vec![(SpanKind::Digits, "time free fix 2 2 7 1 9 4".into())]);
+        // A homophone before a short number is a word, and stays.
+        assert!(run(Lang::En, "I need it for 2 weeks").is_empty());
+        // At the end of a window, homophones are held: the number may follow in the next one.
+        let mut d = StreamDetector::new(DetectConfig::default());
+        let s1 = d.push(words(0, "here it is time free fix"), 1_800);
+        assert_eq!(s1.words.len(), 3);
+        let s2 = d.push(words(1_800, "2 2 7 1 9 4 thanks"), 6_000);
+        let dets: Vec<_> = s2.detections.into_iter().chain(d.finish().detections).collect();
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert_eq!(dets[0].start_ms, 900);
+    }
+
+    #[test]
+    fn in_a_payment_context_the_words_before_a_short_number_are_masked_with_it() {
+        // "oh nine twenty seven" heard as "boat I in 20th" after the card's security code.
+        let ws = [
+            ("the", 3_640),
+            ("security", 4_120),
+            ("code", 4_560),
+            ("is", 5_620),
+            ("737.", 6_000),
+            ("and", 8_060),
+            ("the", 8_320),
+            ("estimated", 9_040),
+            ("boat", 10_380),
+            ("I", 10_740),
+            ("in", 11_180),
+            ("20th", 11_620),
+            ("and", 12_100),
+            ("everything", 13_760),
+        ];
+        let d = detect_all(Lang::En, timed(&ws, 14_500));
+        assert_eq!(d.iter().map(|d| d.kind).collect::<Vec<_>>(), vec![SpanKind::Cvv, SpanKind::Digits]);
+        assert_eq!(d[1].start_ms, 10_380, "{d:?}");
+        // Outside a payment context the words before a number are not touched.
+        let d = detect_all(Lang::En, timed(&ws[5..], 14_500));
+        assert!(d.is_empty(), "{d:?}");
     }
 }

@@ -314,6 +314,8 @@ fn is_loose(lang: Lang, w: &str) -> bool {
                 | "times"
                 | "fife"
                 | "sex"
+                | "fix"
+                | "sick"
                 | "nein"
                 | "owe"
                 | "high"
@@ -387,6 +389,8 @@ fn keywords(lang: Lang) -> &'static [(&'static [&'static str], Context)] {
             (&["number", "on", "the", "card"], Card),
             (&["back", "of", "the", "card"], Security),
             (&["national", "insurance", "number"], NationalId),
+            (&["n", "i", "number"], NationalId),
+            (&["ni", "number"], NationalId),
             (&["social", "security", "number"], Ssn),
             (&["card", "number"], Card),
             (&["credit", "card"], Card),
@@ -628,8 +632,8 @@ fn edit_distance_at_most_1(a: &str, b: &str) -> bool {
 }
 
 /// Whisper loops on repetitive input, and digit strings are the most repetitive thing callers say
-/// ("41, 41, 41", "uau, uau, uau" for Portuguese digits: FACTS.md §2). Four or more identical
-/// words in a row stand for digits nobody could read: each becomes an unknown digit, so a long
+/// ("41, 41, 41", "uau, uau, uau" for Portuguese digits: FACTS.md §2, "E, E, E" for Spanish
+/// ones). Four or more identical words or letters in a row stand for digits nobody could read: each becomes an unknown digit, so a long
 /// loop trips the digit-run fail-safe.
 fn mark_loops(ps: &[Piece], toks: &mut [Token]) {
     const MIN_LOOP: usize = 4;
@@ -650,7 +654,7 @@ fn mark_loops(ps: &[Piece], toks: &mut [Token]) {
         };
         let next_to_digits = is_digits(before) || is_digits(toks.get(j));
         let min = if next_to_digits { MIN_LOOP_NEXT_TO_DIGITS } else { MIN_LOOP };
-        if j - i >= min && matches!(toks[i].kind, TokKind::Other | TokKind::Loose) {
+        if j - i >= min && matches!(toks[i].kind, TokKind::Other | TokKind::Loose | TokKind::Letter(_)) {
             for t in &mut toks[i..j] {
                 t.kind = TokKind::Digits("0".into());
             }
@@ -844,6 +848,9 @@ mod tests {
         // Next to digits three repeats are a loop, through a letter too.
         assert_eq!(digits(Lang::Pt, "5, 5, o poço, poço, poço. O"), "5 5 0 0 0");
         assert_eq!(digits(Lang::Pt, "muito muito muito obrigado"), "");
+        // Single letters loop too ("E, E, E, E" for a Spanish account number).
+        assert_eq!(digits(Lang::Es, "mi cuenta es E, E, E, E, E. gracias"), "0 0 0 0 0");
+        assert_eq!(digits(Lang::En, "A B C D"), "");
     }
 
     #[test]
