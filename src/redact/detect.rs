@@ -258,7 +258,8 @@ impl StreamDetector {
                 _ => {}
             }
             let ctx = self.ctx_at(t.start_ms);
-            let Some(run) = self.collect_run(&toks, i, ctx.is_some()) else {
+            // After card data, homophones are digits as they are in a keyword's context.
+            let Some(run) = self.collect_run(&toks, i, ctx.is_some() || self.in_payment(t.start_ms)) else {
                 i += 1;
                 continue;
             };
@@ -441,7 +442,8 @@ impl StreamDetector {
     /// index of the digit token after the words starting at `j`, when they bridge `toks[last]`
     /// to it: homophones between any digits, other words only between digits read one by one
     /// (a number said digit by digit has no words inside it; "2 kids and 3" has, but stays far
-    /// too short for any detector), and never across a keyword, a letter or a long pause.
+    /// too short for any detector; "dois mil e ... cinco", a year, is not bridged), and never
+    /// across a keyword, a letter or a long pause.
     fn bridge(&self, toks: &[Token], last: usize, j: usize) -> Bridge {
         let single = |t: &Token| matches!(&t.kind, TokKind::Digits(d) if d.len() == 1);
         let left = &toks[last];
@@ -482,6 +484,7 @@ impl StreamDetector {
         let mut core = 0;
         // Words inside the run that may stand for digits (homophones, ASR garbage between digits).
         let mut unknown = 0;
+        let mut loose = 0;
         let is_core = |t: &Token| matches!(t.kind, TokKind::Digits(_) | TokKind::Loose);
         let first_core = toks.iter().position(is_core).unwrap_or(0);
         let last_core = toks.iter().rposition(is_core).unwrap_or(0);
@@ -502,6 +505,7 @@ impl StreamDetector {
                 TokKind::Loose => {
                     core += 1;
                     unknown += 1;
+                    loose += 1;
                 }
                 TokKind::Other => unknown += 1,
                 TokKind::Keyword(_) => {}
@@ -525,7 +529,8 @@ impl StreamDetector {
         if let Some(k) = ctx.filter(|&k| k != SpanKind::Iban || digits.len() >= IBAN_CONTEXT_MIN_DIGITS) {
             return Some((k, false));
         }
-        if in_payment && digits.len() >= 2 {
+        // A homophone counts here: "nine one four" is heard as "dying one for".
+        if in_payment && !digits.is_empty() && digits.len() + loose >= 2 {
             let month = digits.get(..2).and_then(|m| m.parse::<u8>().ok()).is_some_and(|m| (1..=12).contains(&m));
             if d.expiry && digits.len() == 4 && month {
                 return Some((SpanKind::Expiry, false));
@@ -966,6 +971,8 @@ mod tests {
         assert!(run(Lang::En, "I have 2 kids and 3 dogs and 1 cat and 4 fish and 5 birds").is_empty());
         assert!(run(Lang::En, "I ordered 24 bottles and 12 glasses and 16 plates and 48 cups").is_empty());
         assert!(run(Lang::En, "we won 3 to 1 then lost 2 to 4 and drew 1 to 1 today").is_empty());
+        // A year and the words after it (base's "dois mil e minkly cinco, há sério meia").
+        assert!(run(Lang::Pt, "14 de março de dois mil e minkly cinco há sério meia estou").is_empty());
         // Too few real digits: the unknown words alone do not make a number.
         assert!(run(Lang::En, "1 went and 2 went and 3 went and").is_empty());
     }
@@ -1067,6 +1074,22 @@ mod tests {
         assert_eq!(d[1].start_ms, 10_380, "{d:?}");
         // Outside a payment context the words before a number are not touched.
         let d = detect_all(Lang::En, timed(&ws[5..], 14_500));
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn after_card_data_homophones_are_digits() {
+        // "nine one four" heard as "dying one for", 3 s after the card number ended: its keyword
+        // context has closed, the payment context has not.
+        let ws = [("card", 0), ("number", 300), ("4111", 600), ("1111", 900), ("1111", 1_200), ("1111", 1_500)];
+        let mut all: Vec<(&str, u64)> = ws.to_vec();
+        all.extend([("the", 2_000), ("seemingly", 2_400), ("is", 3_500), ("dying", 3_900), ("one", 5_100)]);
+        all.extend([("for", 5_500), ("and", 6_200), ("the", 6_400), ("fiery", 6_800), ("days", 7_300)]);
+        let d = detect_all(Lang::En, timed(&all, 8_000));
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!((d[1].kind, d[1].start_ms, d[1].end_ms), (SpanKind::Digits, 3_900, 6_200));
+        // Without card data before it, "one for" is two words.
+        let d = detect_all(Lang::En, timed(&all[6..], 8_000));
         assert!(d.is_empty(), "{d:?}");
     }
 }

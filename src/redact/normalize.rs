@@ -610,6 +610,16 @@ pub fn normalize(lang: Lang, words: &[Word]) -> Vec<Token> {
 
 fn fuzzy_keyword(lang: Lang, w: &str) -> Option<Context> {
     const MIN_LEN: usize = 7;
+    // Stems no everyday word contains, found inside whatever ASR made of the keyword
+    // ("nexpiringated" for "and the expiry date").
+    let stems: &[(&str, Context)] = match lang {
+        Lang::En => &[("expir", Context::Expiry)],
+        Lang::Es => &[("caduc", Context::Expiry), ("vencimi", Context::Expiry)],
+        Lang::Pt => &[("validad", Context::Expiry), ("venciment", Context::Expiry)],
+    };
+    if let Some((_, ctx)) = stems.iter().find(|(stem, _)| w.contains(stem)) {
+        return Some(*ctx);
+    }
     keywords(lang).iter().find_map(|(phrase, ctx)| {
         let [k] = phrase else { return None };
         let close = k.len() >= MIN_LEN && (w.contains(k) || edit_distance_at_most_1(w, k));
@@ -837,6 +847,8 @@ mod tests {
             normalize(Lang::En, &words("card cart")).iter().filter(|t| matches!(t.kind, TokKind::Keyword(_))).count()
                 == 1
         );
+        let t = normalize(Lang::En, &words("and nexpiringated for 20"));
+        assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::Expiry)));
         let t = normalize(Lang::Es, &words("el código de seguridad"));
         assert!(t.iter().any(|t| t.kind == TokKind::Keyword(Context::Security)));
     }
