@@ -266,7 +266,7 @@ impl StreamDetector {
             // Homophones right before the first digit ("time free fix 2 2 7": five three six)
             // are the number's start; inside a context the run already starts at them.
             let s0 = if ctx.is_none() && matches!(t.kind, TokKind::Digits(_)) {
-                leading_homophones(&toks, i, floor, self.cfg.max_gap_ms)
+                words_before(&toks, i, floor, self.cfg.max_gap_ms, |k| *k == TokKind::Loose)
             } else {
                 i
             };
@@ -334,7 +334,8 @@ impl StreamDetector {
                     // After card data the expiry and code are short numbers whose first digits
                     // ASR turns into words ("oh nine twenty seven" heard as "boat I in 20th"):
                     // the words just before such a number are masked with it.
-                    let k = reach_back_words(&toks, first, floor, self.cfg.max_gap_ms);
+                    let words = |k: &TokKind| matches!(k, TokKind::Other | TokKind::Loose | TokKind::Letter(_));
+                    let k = words_before(&toks, first, floor, self.cfg.max_gap_ms, words);
                     start_ms = start_ms.min(toks[k].start_ms);
                 }
             }
@@ -607,27 +608,13 @@ const WORD_PER_LETTER_MS: u64 = 90;
 /// A run stretches back over a hole before it by at most this many `max_gap_ms`.
 const STRETCH_FACTOR: u64 = 2;
 
-/// The first of up to [`BRIDGE_WORDS`] homophones ("free", "to") right before `toks[i]`, each
-/// within `max_gap_ms` of the next, not before `floor`; `i` when there are none.
-fn leading_homophones(toks: &[Token], i: usize, floor: usize, max_gap_ms: u64) -> usize {
+/// The first of up to [`BRIDGE_WORDS`] tokens right before `toks[i]` that `take` accepts, all
+/// starting at most `max_gap_ms` before it and not before `floor`; `i` when there are none.
+fn words_before(toks: &[Token], i: usize, floor: usize, max_gap_ms: u64, take: impl Fn(&TokKind) -> bool) -> usize {
     let mut k = i;
     while k > floor
         && i - k < BRIDGE_WORDS
-        && toks[k - 1].kind == TokKind::Loose
-        && toks[k].start_ms.saturating_sub(toks[k - 1].start_ms) <= max_gap_ms
-    {
-        k -= 1;
-    }
-    k
-}
-
-/// The first of up to [`BRIDGE_WORDS`] words (not keywords or digits) right before `toks[i]`,
-/// starting at most `max_gap_ms` before it, not before `floor`; `i` when there are none.
-fn reach_back_words(toks: &[Token], i: usize, floor: usize, max_gap_ms: u64) -> usize {
-    let mut k = i;
-    while k > floor
-        && i - k < BRIDGE_WORDS
-        && matches!(toks[k - 1].kind, TokKind::Other | TokKind::Loose | TokKind::Letter(_))
+        && take(&toks[k - 1].kind)
         && toks[i].start_ms.saturating_sub(toks[k - 1].start_ms) <= max_gap_ms
     {
         k -= 1;
